@@ -1,0 +1,160 @@
+//! The events a [`Hub`](crate::Hub) broadcasts, and the documents they carry.
+//!
+//! Field names, order and number formatting follow the Ocha API byte for
+//! byte, so clients written against it keep working.
+
+use serde::{Deserialize, Serialize};
+
+/// An event pushed to every connected client.
+///
+/// Serialized with its kind in a leading `type` field, as the Ocha API does:
+///
+/// ```
+/// # use ocha_realtime::{Event, Product};
+/// # fn show(product: Product) {
+/// let json = serde_json::to_string(&Event::NewProduct { product }).unwrap();
+/// assert!(json.starts_with(r#"{"type":"new_product","product":{"_id":"#));
+/// # }
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Event {
+    /// A product was created and committed.
+    NewProduct {
+        /// The product as persisted.
+        product: Product,
+    },
+}
+
+/// A product document, with the Ocha API's field names in its order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Product {
+    /// 24 lowercase hex digits in MongoDB ObjectId layout.
+    #[serde(rename = "_id")]
+    pub id: String,
+    /// Unique URL-friendly name.
+    pub slug: String,
+    /// Unique display name.
+    pub name: String,
+    /// Free-form category.
+    pub category: String,
+    /// Free-form description.
+    pub description: String,
+    /// Price of the smallest size, in Swiss francs.
+    #[serde(rename = "basePriceCHF", with = "js_number")]
+    pub base_price_chf: f64,
+    /// Whether the product is on sale.
+    #[serde(rename = "isActive")]
+    pub is_active: bool,
+    /// Image URL or path.
+    pub image: String,
+    /// Sizes on offer.
+    pub size: Vec<Size>,
+    /// Surcharge per size, in Swiss francs.
+    pub extra_chf: ExtraChf,
+    /// Creation time, ISO 8601 UTC with milliseconds.
+    #[serde(rename = "createdAt")]
+    pub created_at: String,
+    /// Last update time, ISO 8601 UTC with milliseconds.
+    #[serde(rename = "updatedAt")]
+    pub updated_at: String,
+}
+
+/// A product size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Size {
+    /// Small.
+    S,
+    /// Medium.
+    M,
+    /// Large.
+    L,
+}
+
+/// Surcharge per size, in Swiss francs.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ExtraChf {
+    /// Surcharge for [`Size::S`].
+    #[serde(rename = "S", with = "js_number")]
+    pub s: f64,
+    /// Surcharge for [`Size::M`].
+    #[serde(rename = "M", with = "js_number")]
+    pub m: f64,
+    /// Surcharge for [`Size::L`].
+    #[serde(rename = "L", with = "js_number")]
+    pub l: f64,
+}
+
+impl Default for ExtraChf {
+    /// The Ocha API's default: `{"S":0,"M":2,"L":3}`.
+    fn default() -> Self {
+        ExtraChf {
+            s: 0.0,
+            m: 2.0,
+            l: 3.0,
+        }
+    }
+}
+
+/// Numbers as JavaScript prints them: whole values without a fraction
+/// (`2`, not `2.0`), so documents match the Ocha API's byte for byte.
+mod js_number {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Largest integer a JavaScript number holds exactly.
+    const MAX_SAFE_INTEGER: f64 = 9_007_199_254_740_991.0;
+
+    pub fn serialize<S: Serializer>(value: &f64, serializer: S) -> Result<S::Ok, S::Error> {
+        if value.fract() == 0.0 && value.abs() <= MAX_SAFE_INTEGER {
+            serializer.serialize_i64(*value as i64)
+        } else {
+            serializer.serialize_f64(*value)
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
+        f64::deserialize(deserializer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn product() -> Product {
+        Product {
+            id: "65f1c0de0123456789abcdef".into(),
+            slug: "matcha-latte".into(),
+            name: "Matcha Latte".into(),
+            category: "tea".into(),
+            description: "Ceremonial matcha".into(),
+            base_price_chf: 6.5,
+            is_active: true,
+            image: "/img/matcha.png".into(),
+            size: vec![Size::S, Size::M, Size::L],
+            extra_chf: ExtraChf::default(),
+            created_at: "2026-11-27T17:48:28.123Z".into(),
+            updated_at: "2026-11-27T17:48:28.123Z".into(),
+        }
+    }
+
+    #[test]
+    fn new_product_matches_the_ocha_wire_format() {
+        let json = serde_json::to_string(&Event::NewProduct { product: product() }).unwrap();
+        assert_eq!(
+            json,
+            r#"{"type":"new_product","product":{"_id":"65f1c0de0123456789abcdef","slug":"matcha-latte","name":"Matcha Latte","category":"tea","description":"Ceremonial matcha","basePriceCHF":6.5,"isActive":true,"image":"/img/matcha.png","size":["S","M","L"],"extra_chf":{"S":0,"M":2,"L":3},"createdAt":"2026-11-27T17:48:28.123Z","updatedAt":"2026-11-27T17:48:28.123Z"}}"#
+        );
+        let back: Event = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, Event::NewProduct { product: product() });
+    }
+
+    #[test]
+    fn whole_numbers_print_without_a_fraction() {
+        let mut p = product();
+        p.base_price_chf = 4.0;
+        let json = serde_json::to_string(&p).unwrap();
+        assert!(json.contains(r#""basePriceCHF":4,"#), "{json}");
+    }
+}
