@@ -1,1 +1,81 @@
-pub fn x(){}
+//! Realtime push for hyper services: WebSocket clients on your own HTTP port,
+//! greeted on arrival and sent every event you publish.
+//!
+//! A [`Hub`] holds the connections. Route WebSocket upgrade requests to
+//! [`Hub::upgrade`]; call [`Hub::publish`] with an [`Event`] and every
+//! connected client receives it, serialized once and shared by all. The wire
+//! format is the Ocha API's: clients are greeted with
+//! `{"message":"Connecté au WebSocket"}` and receive
+//! `{"type":"new_product","product":{...}}` for each new product.
+//!
+//! ```no_run
+//! use std::convert::Infallible;
+//!
+//! use bytes::Bytes;
+//! use http_body_util::Full;
+//! use hyper::{body::Incoming, server::conn::http1, service::service_fn, Request, Response};
+//! use hyper_util::rt::TokioIo;
+//! use ocha_realtime::{is_websocket_upgrade, HandshakeError, Hub};
+//!
+//! # async fn run() -> std::io::Result<()> {
+//! let hub = Hub::default();
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:5001").await?;
+//! loop {
+//!     let (stream, _) = listener.accept().await?;
+//!     let hub = hub.clone();
+//!     let service = service_fn(move |request: Request<Incoming>| {
+//!         let response = if is_websocket_upgrade(&request) {
+//!             hub.upgrade(request).unwrap_or_else(HandshakeError::into_response)
+//!         } else {
+//!             Response::new(Full::new(Bytes::from("Hello")))
+//!         };
+//!         async move { Ok::<_, Infallible>(response) }
+//!     });
+//!     tokio::spawn(http1::Builder::new().serve_connection(TokioIo::new(stream), service).with_upgrades());
+//! }
+//! # }
+//! ```
+//!
+//! # Guarantees
+//!
+//! - The welcome is each client's first frame. A client then receives every
+//!   event published after it joined, in publish order, exactly once, until
+//!   it disconnects.
+//! - [`Hub::publish`] never waits on a client. A client that falls
+//!   [`Config::outbound_capacity`] messages behind is closed with code 4008
+//!   ("slow consumer"); nobody else notices.
+//! - Memory is bounded: a connection holds no read or write buffers of its
+//!   own, only references to shared frames, at most `outbound_capacity`.
+//! - The hub pings every client each [`Config::heartbeat_interval`] and drops
+//!   those silent for two intervals; client messages are read and discarded,
+//!   and one over [`Config::max_message_size`] closes the connection (1009).
+//!
+//! # Modules
+//!
+//! - `hub`: [`Hub`], admission, the connection registry, broadcasts,
+//!   heartbeats and shutdown.
+//! - `handshake`: the opening handshake checks and [`HandshakeError`].
+//! - `connection`: one connection's task, a small hand-written future.
+//! - `outbox`: each connection's queue of shared frames.
+//! - `frame`: encoding server frames and parsing client frames.
+//! - `event`: [`Event`], [`Product`] and the documents they carry.
+//! - `config`: [`Config`] and its defaults.
+//!
+//! The WebSocket protocol layer is [`tungstenite`], re-exported for its
+//! message and close-code types.
+
+#![deny(missing_docs)]
+
+mod config;
+mod connection;
+mod event;
+mod frame;
+mod handshake;
+mod hub;
+mod outbox;
+
+pub use config::{Config, OCHA_WELCOME};
+pub use event::{Event, ExtraChf, Product, Size};
+pub use handshake::{is_websocket_upgrade, HandshakeError};
+pub use hub::{Hub, Stats};
+pub use tokio_tungstenite::tungstenite;

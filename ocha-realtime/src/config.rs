@@ -1,0 +1,116 @@
+//! How a [`Hub`](crate::Hub) behaves: limits, timers and the welcome message.
+
+use std::time::Duration;
+
+/// The welcome the Ocha API sends to every client.
+pub const OCHA_WELCOME: &str = r#"{"message":"Connecté au WebSocket"}"#;
+
+/// Settings for a [`Hub`](crate::Hub).
+///
+/// Start from [`Config::default()`] and change what you need:
+///
+/// ```
+/// use std::time::Duration;
+/// use ocha_realtime::Config;
+///
+/// let config = Config::default()
+///     .heartbeat_interval(Duration::from_secs(15))
+///     .max_connections(10_000)
+///     .allowed_origins(["https://shop.example"]);
+/// ```
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub(crate) welcome: String,
+    pub(crate) heartbeat_interval: Duration,
+    pub(crate) outbound_capacity: usize,
+    pub(crate) max_message_size: usize,
+    pub(crate) allowed_origins: Option<Vec<String>>,
+    pub(crate) max_connections: usize,
+    pub(crate) close_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            welcome: OCHA_WELCOME.to_owned(),
+            heartbeat_interval: Duration::from_secs(30),
+            outbound_capacity: 256,
+            max_message_size: 64 * 1024,
+            allowed_origins: None,
+            max_connections: usize::MAX,
+            close_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Config {
+    /// The text frame every client receives first.
+    ///
+    /// Default: [`OCHA_WELCOME`], `{"message":"Connecté au WebSocket"}`.
+    pub fn welcome(mut self, text: impl Into<String>) -> Self {
+        self.welcome = text.into();
+        self
+    }
+
+    /// How often the hub pings each client. A client that sends nothing,
+    /// not even a pong, for two intervals is disconnected.
+    ///
+    /// Default: 30 seconds.
+    pub fn heartbeat_interval(mut self, interval: Duration) -> Self {
+        self.heartbeat_interval = interval;
+        self
+    }
+
+    /// How many messages may wait for one client. A client that falls this
+    /// far behind is closed with code 4008 ("slow consumer") so it cannot
+    /// hold memory or slow anyone else down.
+    ///
+    /// Messages are shared between clients, so a waiting message costs a
+    /// client one pointer, not a copy. Default: 256.
+    pub fn outbound_capacity(mut self, messages: usize) -> Self {
+        self.outbound_capacity = messages.max(1);
+        self
+    }
+
+    /// Largest message a client may send, in bytes; a larger one closes the
+    /// connection with 1009 (message too big). Client messages are read and
+    /// discarded without being buffered.
+    ///
+    /// Default: 64 KiB.
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.max_message_size = bytes;
+        self
+    }
+
+    /// Browser origins allowed to connect, compared exactly with the
+    /// `Origin` header (e.g. `https://shop.example`). Other origins get 403.
+    /// Requests without an `Origin` header come from non-browser clients,
+    /// which the header cannot vouch for either way, and are accepted.
+    ///
+    /// Default: every origin.
+    pub fn allowed_origins<I, S>(mut self, origins: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.allowed_origins = Some(origins.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Most connections open at once; upgrades past it get 503.
+    ///
+    /// Default: no limit but the process's open-file limit.
+    pub fn max_connections(mut self, connections: usize) -> Self {
+        self.max_connections = connections;
+        self
+    }
+
+    /// How long a closing connection may take to send its close frame and
+    /// hear the client's reply before its socket is dropped.
+    ///
+    /// Default: 5 seconds.
+    pub fn close_timeout(mut self, timeout: Duration) -> Self {
+        self.close_timeout = timeout;
+        self
+    }
+}

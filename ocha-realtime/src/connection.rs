@@ -1,0 +1,239 @@
+//! One WebSocket connection: sends what its outbox holds, answers pings and
+//! the close handshake, and discards what the client says.
+//!
+//! It is a hand-written future rather than an `async fn` so that its state
+//! is a few fields, with no buffers: an idle connection costs little.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io::IoSlice;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Sleep;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+use crate::frame::{self, Inbound, InboundError, Received};
+use crate::hub::Slot;
+use crate::outbox::{CloseReason, Outbox};
+
+/// Bytes read from the socket per call; client messages are discarded, so
+/// this lives on the stack of `poll` only.
+const READ_CHUNK: usize = 2048;
+/// Close code for a client dropped for falling behind (private-use range).
+pub(crate) const SLOW_CONSUMER: CloseCode = CloseCode::Library(4008);
+/// Frames handed to one vectored write.
+const MAX_WRITE_SLICES: usize = 64;
+
+/// A running connection; completes when it is closed.
+pub(crate) struct Connection<IO> {
+    io: IO,
+    slot: Slot,
+    key: usize,
+    outbox: Arc<Outbox>,
+    inbound: Inbound,
+    /// Frames taken from the outbox; the front one may be partly written.
+    sending: VecDeque<Bytes>,
+    /// Bytes of `sending`'s front already written.
+    written: usize,
+    /// False once the inbound stream is broken and cannot be parsed further.
+    reading: bool,
+    closing: Option<Closing>,
+}
+
+/// The close handshake in progress: our close frame is the last of `sending`.
+struct Closing {
+    deadline: Pin<Box<Sleep>>,
+    /// Whether to wait for the client's close frame after sending ours.
+    await_peer: bool,
+    /// Our close frame is written and writes are shut down.
+    sent: bool,
+}
+
+/// What reading found.
+enum ReadOutcome {
+    /// Nothing more to read for now.
+    Pending,
+    /// The stream ended or failed: the connection is over.
+    Ended,
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
+    /// Registers a connection with the hub, its welcome queued first.
+    pub(crate) fn new(slot: Slot, io: IO) -> Self {
+        let shared = &slot.0;
+        let outbox = Arc::new(Outbox::new(shared.now()));
+        let key = shared.register(&outbox);
+        let inbound = Inbound::new(shared.config.max_message_size);
+        tracing::debug!(connection = key, "WebSocket open");
+        Connection {
+            io,
+            slot,
+            key,
+            outbox,
+            inbound,
+            sending: VecDeque::new(),
+            written: 0,
+            reading: true,
+            closing: None,
+        }
+    }
+
+    /// Reads until the socket has nothing more, answering control frames.
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> ReadOutcome {
+        let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+        while self.reading {
+            let mut buf = ReadBuf::uninit(&mut chunk);
+            match Pin::new(&mut self.io).poll_read(cx, &mut buf) {
+                Poll::Pending => return ReadOutcome::Pending,
+                Poll::Ready(Err(_)) => return ReadOutcome::Ended,
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => return ReadOutcome::Ended,
+                Poll::Ready(Ok(())) => {}
+            }
+            self.outbox.seen(self.slot.0.now());
+            let mut input = buf.filled();
+            while !input.is_empty() {
+                match self.inbound.advance(&mut input) {
+                    Ok(None) => {}
+                    Ok(Some(Received::Ping(payload))) => {
+                        if self.closing.is_none() {
+                            self.sending.push_back(frame::pong(&payload));
+                        }
+                    }
+                    Ok(Some(Received::Close(code))) => match &mut self.closing {
+                        Some(closing) => closing.await_peer = false,
+                        // Echo the client's code, as RFC 6455 suggests.
+                        None => self.start_close(frame::close(code, ""), false, false),
+                    },
+                    Err(error) => {
+                        // Nothing after a broken frame can be parsed.
+                        self.reading = false;
+                        if self.closing.is_none() {
+                            let reason = match error {
+                                InboundError::TooBig => "message too big",
+                                InboundError::Protocol => "protocol error",
+                                InboundError::InvalidUtf8 => "invalid UTF-8",
+                            };
+                            let close = frame::close(Some(error.close_code()), reason);
+                            self.start_close(close, false, false);
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+        ReadOutcome::Pending
+    }
+
+    /// Queues `close_frame` as the last frame to send; queued data is sent
+    /// first only when `flush` is set. A partly written frame is always
+    /// finished so the stream stays well-formed.
+    fn start_close(&mut self, close_frame: Bytes, flush: bool, await_peer: bool) {
+        if !flush {
+            self.sending.truncate(usize::from(self.written > 0));
+        }
+        self.sending.push_back(close_frame);
+        self.closing = Some(Closing {
+            deadline: Box::pin(tokio::time::sleep(self.slot.0.config.close_timeout)),
+            await_peer,
+            sent: false,
+        });
+    }
+
+    /// Writes `sending`, several frames per call when the client is behind.
+    fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        while !self.sending.is_empty() {
+            let mut slices = [IoSlice::new(&[]); MAX_WRITE_SLICES];
+            let mut count = 0;
+            for (slice, frame) in slices.iter_mut().zip(&self.sending) {
+                let skip = if count == 0 { self.written } else { 0 };
+                *slice = IoSlice::new(&frame[skip..]);
+                count += 1;
+            }
+            let mut n = ready!(Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..count]))?;
+            if n == 0 {
+                return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+            }
+            while let Some(front) = self.sending.front() {
+                let left = front.len() - self.written;
+                if n < left {
+                    self.written += n;
+                    break;
+                }
+                n -= left;
+                self.written = 0;
+                self.sending.pop_front();
+            }
+        }
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> Future for Connection<IO> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        loop {
+            if let Some(closing) = &mut this.closing {
+                if closing.deadline.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(());
+                }
+            }
+            if let ReadOutcome::Ended = this.poll_read(cx) {
+                return Poll::Ready(());
+            }
+            let queued_before = this.sending.len();
+            if this.closing.is_none() {
+                match this.outbox.poll_take(&mut this.sending, cx) {
+                    None => {}
+                    Some(CloseReason::HeartbeatTimeout) => return Poll::Ready(()),
+                    Some(CloseReason::GoingAway) => {
+                        let close = frame::close(Some(CloseCode::Away), "server shutting down");
+                        this.start_close(close, true, true);
+                    }
+                    Some(CloseReason::SlowConsumer) => {
+                        let close = frame::close(Some(SLOW_CONSUMER), "slow consumer");
+                        this.start_close(close, false, true);
+                    }
+                }
+            }
+            let took = this.sending.len() > queued_before;
+            match this.poll_write(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(_)) => return Poll::Ready(()),
+                Poll::Ready(Ok(())) => {}
+            }
+            let Some(closing) = &mut this.closing else {
+                if took {
+                    // Frames taken this round are written; more may have come.
+                    continue;
+                }
+                return Poll::Pending;
+            };
+            if !closing.sent {
+                if ready!(Pin::new(&mut this.io).poll_shutdown(cx)).is_err() {
+                    return Poll::Ready(());
+                }
+                closing.sent = true;
+            }
+            // Our close is out; wait for the client's (or its EOF) if it owes one.
+            return if closing.await_peer {
+                Poll::Pending
+            } else {
+                Poll::Ready(())
+            };
+        }
+    }
+}
+
+impl<IO> Drop for Connection<IO> {
+    fn drop(&mut self) {
+        self.slot.0.deregister(self.key);
+        tracing::debug!(connection = self.key, "WebSocket closed");
+    }
+}

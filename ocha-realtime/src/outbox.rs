@@ -1,0 +1,139 @@
+//! Each connection's queue of frames to send, shared with the hub.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::task::{Context, Waker};
+
+use bytes::Bytes;
+
+/// Why the hub closes a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CloseReason {
+    /// The hub shuts down: send what is queued, then close with 1001.
+    GoingAway,
+    /// The client fell `outbound_capacity` frames behind: close with 4008.
+    SlowConsumer,
+    /// The client sent nothing for two heartbeat intervals: drop it.
+    HeartbeatTimeout,
+}
+
+/// What [`Outbox::push`] did with a frame.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Pushed {
+    /// The frame waits for the connection to send it.
+    Queued,
+    /// The queue was full; the connection is now closing as a slow consumer.
+    Overflowed,
+    /// The connection is already closing and takes no more frames.
+    Refused,
+}
+
+/// The hub's side of a connection: frames to send and a way to wake the
+/// connection's task. Frames are shared [`Bytes`], so queueing one costs a
+/// reference count, not a copy.
+#[derive(Debug)]
+pub(crate) struct Outbox {
+    queue: Mutex<Queue>,
+    /// When the client was last heard from, in milliseconds of the hub clock.
+    last_seen: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    frames: VecDeque<Bytes>,
+    /// The connection's waker, stored while it has nothing to send.
+    waker: Option<Waker>,
+    close: Option<CloseReason>,
+}
+
+impl Outbox {
+    pub(crate) fn new(now: u64) -> Self {
+        Outbox {
+            queue: Mutex::default(),
+            last_seen: AtomicU64::new(now),
+        }
+    }
+
+    /// Queues `frame` unless `capacity` frames already wait; a full queue
+    /// closes the connection as a slow consumer and frees what it held.
+    pub(crate) fn push(&self, frame: &Bytes, capacity: usize) -> Pushed {
+        let mut queue = self.lock();
+        if queue.close.is_some() {
+            return Pushed::Refused;
+        }
+        let pushed = if queue.frames.len() < capacity {
+            queue.frames.push_back(frame.clone());
+            Pushed::Queued
+        } else {
+            queue.frames = VecDeque::new();
+            queue.close = Some(CloseReason::SlowConsumer);
+            Pushed::Overflowed
+        };
+        let waker = queue.waker.take();
+        drop(queue);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        pushed
+    }
+
+    /// Asks the connection to close; false if it was closing already.
+    pub(crate) fn close(&self, reason: CloseReason) -> bool {
+        let mut queue = self.lock();
+        if queue.close.is_some() {
+            return false;
+        }
+        queue.close = Some(reason);
+        let waker = queue.waker.take();
+        drop(queue);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        true
+    }
+
+    /// Moves the queued frames to the back of `sending` and returns the close
+    /// request, if any. With nothing queued, remembers `cx`'s waker so the
+    /// next push wakes the connection.
+    pub(crate) fn poll_take(
+        &self,
+        sending: &mut VecDeque<Bytes>,
+        cx: &Context<'_>,
+    ) -> Option<CloseReason> {
+        let mut queue = self.lock();
+        if queue.frames.is_empty() {
+            if queue.close.is_none()
+                && !queue
+                    .waker
+                    .as_ref()
+                    .is_some_and(|w| w.will_wake(cx.waker()))
+            {
+                queue.waker = Some(cx.waker().clone());
+            }
+        } else if sending.is_empty() {
+            // Swapping keeps both buffers' capacity: no allocation per event.
+            std::mem::swap(sending, &mut queue.frames);
+        } else {
+            sending.append(&mut queue.frames);
+        }
+        queue.close
+    }
+
+    /// Records that the client was heard from at `now`.
+    pub(crate) fn seen(&self, now: u64) {
+        self.last_seen.store(now, Ordering::Relaxed);
+    }
+
+    pub(crate) fn last_seen(&self) -> u64 {
+        self.last_seen.load(Ordering::Relaxed)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        // A panic elsewhere cannot leave the queue inconsistent: every
+        // critical section is a few field updates.
+        self.queue
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
