@@ -1,0 +1,126 @@
+//! The opening handshake, over real sockets.
+
+mod support;
+
+use http::{Request, StatusCode};
+use ocha_realtime::{Config, HandshakeError, Hub, OCHA_WELCOME};
+use support::{connect, raw_exchange, raw_request, serve, upgrade_request};
+
+#[tokio::test]
+async fn welcome_is_the_ocha_text_byte_for_byte() {
+    let (_hub, addr) = serve(Config::default()).await;
+    let response = raw_exchange(addr, &upgrade_request("")).await;
+    let head_len = response.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let head = std::str::from_utf8(&response[..head_len]).unwrap();
+    assert!(
+        head.starts_with("HTTP/1.1 101 Switching Protocols\r\n"),
+        "{head}"
+    );
+    assert!(head.contains("sec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
+    let welcome = OCHA_WELCOME.as_bytes();
+    let frame = &response[head_len..];
+    assert_eq!(frame[0], 0x81, "a final text frame");
+    assert_eq!(
+        usize::from(frame[1]),
+        welcome.len(),
+        "unmasked, exact length"
+    );
+    assert_eq!(&frame[2..], welcome);
+    assert_eq!(OCHA_WELCOME, r#"{"message":"Connecté au WebSocket"}"#);
+}
+
+#[tokio::test]
+async fn each_bad_handshake_gets_its_status_and_a_plain_reason() {
+    let (_hub, addr) = serve(Config::default().allowed_origins(["https://shop.example"])).await;
+    let valid = upgrade_request("");
+    let cases = [
+        (valid.replacen("GET", "POST", 1), "400 Bad Request"),
+        (valid.replacen("HTTP/1.1", "HTTP/1.0", 1), "400 Bad Request"),
+        (
+            valid.replace("Connection: Upgrade", "Connection: keep-alive"),
+            "400 Bad Request",
+        ),
+        (
+            valid.replace("dGhlIHNhbXBsZSBub25jZQ==", "nope"),
+            "400 Bad Request",
+        ),
+        (
+            valid.replace("Version: 13", "Version: 8"),
+            "426 Upgrade Required",
+        ),
+        (
+            upgrade_request("Origin: https://evil.example\r\n"),
+            "403 Forbidden",
+        ),
+    ];
+    for (request, status) in cases {
+        let response = raw_request(addr, &request).await;
+        // hyper answers an HTTP/1.0 request in HTTP/1.0.
+        let status_line = response.lines().next().unwrap_or_default();
+        assert!(
+            status_line.ends_with(&format!(" {status}")),
+            "{request}\n=> {response}"
+        );
+        assert!(
+            response.contains("content-type: text/plain; charset=utf-8\r\n"),
+            "{response}"
+        );
+        let body = &response[response.find("\r\n\r\n").unwrap() + 4..];
+        assert!(!body.is_empty(), "a reason for {status}");
+        if status.starts_with("426") {
+            assert!(
+                response.contains("sec-websocket-version: 13\r\n"),
+                "{response}"
+            );
+        }
+    }
+    let allowed = raw_request(addr, &upgrade_request("Origin: https://shop.example\r\n")).await;
+    assert!(allowed.starts_with("HTTP/1.1 101"), "{allowed}");
+}
+
+#[tokio::test]
+async fn upgrades_past_max_connections_get_503() {
+    let (hub, addr) = serve(Config::default().max_connections(2)).await;
+    let _first = connect(addr, "/", OCHA_WELCOME).await;
+    let second = connect(addr, "/", OCHA_WELCOME).await;
+    let response = raw_request(addr, &upgrade_request("")).await;
+    assert!(
+        response.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+        "{response}"
+    );
+    drop(second);
+    support::eventually("a slot frees", || hub.stats().connections == 1).await;
+    let _third = connect(addr, "/", OCHA_WELCOME).await;
+}
+
+#[tokio::test]
+async fn hub_sits_beside_a_plain_route_and_takes_any_body_type() {
+    let (hub, addr) = serve(Config::default()).await;
+    let plain = raw_request(addr, "GET /health HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(
+        plain.starts_with("HTTP/1.1 200 OK\r\n") && plain.ends_with("ok"),
+        "{plain}"
+    );
+    let _incoming = connect(addr, "/", OCHA_WELCOME).await;
+    let _mapped = connect(addr, "/mapped", OCHA_WELCOME).await;
+    assert_eq!(hub.stats().connections, 2);
+}
+
+#[tokio::test]
+async fn a_request_hyper_cannot_upgrade_is_refused_not_hung() {
+    let hub = Hub::default();
+    let request = Request::get("/")
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .body(())
+        .unwrap();
+    assert!(ocha_realtime::is_websocket_upgrade(&request));
+    let error = hub.upgrade(request).unwrap_err();
+    assert_eq!(error, HandshakeError::NotUpgradable);
+    assert_eq!(
+        error.into_response().status(),
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
+}

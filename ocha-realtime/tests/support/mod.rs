@@ -1,0 +1,151 @@
+//! A hyper server embedding a hub, and clients for it, over real sockets.
+#![allow(dead_code)] // each test file uses its own part of this module
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http_body_util::{Empty, Full};
+use hyper::{body::Incoming, server::conn::http1, service::service_fn, Request, Response};
+use hyper_util::rt::TokioIo;
+use ocha_realtime::tungstenite::Message;
+use ocha_realtime::{Config, Event, ExtraChf, HandshakeError, Hub, Product, Size};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Serves `hub` on a free port: WebSocket upgrades on `/` (with hyper's
+/// `Incoming` body) and on `/mapped` (with the body replaced, as a framework
+/// would), and a plain route on `/health`.
+pub async fn serve(config: Config) -> (Hub, SocketAddr) {
+    let hub = Hub::new(config);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server_hub = hub.clone();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let hub = server_hub.clone();
+            let service = service_fn(move |request: Request<Incoming>| {
+                let response = match request.uri().path() {
+                    "/" => hub.upgrade(request),
+                    "/mapped" => hub.upgrade(request.map(|_| Empty::<Bytes>::new())),
+                    _ => Ok(Response::new(Full::new(Bytes::from("ok")))),
+                };
+                let response = response.unwrap_or_else(HandshakeError::into_response);
+                async move { Ok::<_, Infallible>(response) }
+            });
+            let connection = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
+            tokio::spawn(connection);
+        }
+    });
+    (hub, addr)
+}
+
+/// Connects a client to `path` and checks that its first frame is `welcome`.
+pub async fn connect(addr: SocketAddr, path: &str, welcome: &str) -> Client {
+    let (mut client, response) = tokio_tungstenite::connect_async(format!("ws://{addr}{path}"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 101);
+    assert_eq!(next_text(&mut client).await, welcome);
+    client
+}
+
+/// The next text frame, failing on anything else or after five seconds.
+pub async fn next_text<S: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut WebSocketStream<S>,
+) -> String {
+    match next(client).await {
+        Message::Text(text) => text.to_string(),
+        other => panic!("expected a text frame, got {other:?}"),
+    }
+}
+
+/// The next message, failing after five seconds.
+pub async fn next<S: AsyncRead + AsyncWrite + Unpin>(client: &mut WebSocketStream<S>) -> Message {
+    tokio::time::timeout(Duration::from_secs(5), client.next())
+        .await
+        .expect("no message within 5 s")
+        .expect("stream ended")
+        .expect("read failed")
+}
+
+/// Asserts that nothing arrives for a while.
+pub async fn assert_quiet(client: &mut Client) {
+    if let Ok(message) = tokio::time::timeout(Duration::from_millis(200), client.next()).await {
+        panic!("expected nothing, got {message:?}");
+    }
+}
+
+/// A product whose name is `name`, with a description of `description_len`
+/// bytes.
+pub fn product(name: &str, description_len: usize) -> Event {
+    Event::NewProduct {
+        product: Product {
+            id: "65f1c0de0123456789abcdef".into(),
+            slug: name.to_lowercase().replace(' ', "-"),
+            name: name.into(),
+            category: "tea".into(),
+            description: "d".repeat(description_len),
+            base_price_chf: 6.5,
+            is_active: true,
+            image: "/img/tea.png".into(),
+            size: vec![Size::S, Size::M, Size::L],
+            extra_chf: ExtraChf::default(),
+            created_at: "2026-11-27T17:48:28.123Z".into(),
+            updated_at: "2026-11-27T17:48:28.123Z".into(),
+        },
+    }
+}
+
+/// The name of the product in a `new_product` frame.
+pub fn product_name(text: &str) -> String {
+    let value: serde_json::Value = serde_json::from_str(text).unwrap();
+    assert_eq!(value["type"], "new_product");
+    value["product"]["name"].as_str().unwrap().to_owned()
+}
+
+/// Sends a raw HTTP request and returns the response as text.
+pub async fn raw_request(addr: SocketAddr, request: &str) -> String {
+    String::from_utf8_lossy(&raw_exchange(addr, request).await).into_owned()
+}
+
+/// Sends a raw HTTP request and returns the first bytes that come back.
+pub async fn raw_exchange(addr: SocketAddr, request: &str) -> Vec<u8> {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = vec![0; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut response))
+        .await
+        .expect("no response within 5 s")
+        .unwrap();
+    response.truncate(n);
+    response
+}
+
+/// A well-formed upgrade request with `extra` header lines appended.
+pub fn upgrade_request(extra: &str) -> String {
+    format!(
+        "GET / HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra}\r\n"
+    )
+}
+
+/// Polls `condition` until it holds, failing after five seconds.
+pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
