@@ -1,1 +1,67 @@
-fn main(){}
+//! `ocha-server`: serve, or print a token. See the library docs for the parts.
+
+use std::process::ExitCode;
+
+use ocha_server::auth::Keys;
+use ocha_server::cli::{self, Command, TokenRequest, USAGE};
+use ocha_server::config::{self, Config};
+use ocha_server::server;
+use tracing_subscriber::EnvFilter;
+
+/// Exit status for a command line that cannot be understood, as in most
+/// Unix tools.
+const USAGE_EXIT: u8 = 2;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match cli::parse(std::env::args_os().skip(1)) {
+        Ok(Command::Serve) => serve().await,
+        Ok(Command::Token(request)) => print_token(&request),
+        Ok(Command::Help) => {
+            println!("{USAGE}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("ocha-server: {error}\n\n{USAGE}");
+            ExitCode::from(USAGE_EXIT)
+        }
+    }
+}
+
+async fn serve() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+    let config = match Config::from_env() {
+        Ok(config) => config,
+        Err(error) => return fail(&error),
+    };
+    let shutdown = match server::shutdown_signal() {
+        Ok(shutdown) => shutdown,
+        Err(error) => return fail(&format!("cannot install signal handlers: {error}")),
+    };
+    match server::serve(config, shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => fail(&error),
+    }
+}
+
+fn print_token(request: &TokenRequest) -> ExitCode {
+    match config::jwt_secret(|name| std::env::var_os(name)) {
+        Ok(Some(secret)) => {
+            println!("{}", request.sign(&Keys::from_secret(secret.as_bytes())));
+            ExitCode::SUCCESS
+        }
+        Ok(None) => {
+            fail(&"JWT_SECRET must be set to the server's secret to sign a token it accepts")
+        }
+        Err(error) => fail(&error),
+    }
+}
+
+fn fail(error: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("ocha-server: {error}");
+    ExitCode::FAILURE
+}

@@ -1,0 +1,230 @@
+//! Routing and request handlers.
+//!
+//! | route                  | methods   | handler                                |
+//! |------------------------|-----------|----------------------------------------|
+//! | `/`                    | GET       | WebSocket upgrade into the [`Hub`]     |
+//! | `/api/v1/health`       | GET       | `Ignition!`                            |
+//! | `/api/v1/products`     | GET, POST | listing; creation (admin) + broadcast  |
+//! | `/api/v1/products/:id` | GET       | one product                            |
+//!
+//! A trailing slash is ignored, as Express does. Other paths answer 404 and
+//! other methods 405, both as JSON.
+
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper::body::{Body as HttpBody, Bytes};
+use ocha_realtime::{Event, HandshakeError, Hub, Product};
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use crate::auth::Keys;
+use crate::error::{ApiError, MAX_BODY_BYTES};
+use crate::listing::ListQuery;
+use crate::object_id;
+use crate::product::NewProduct;
+use crate::response::{self, Body};
+use crate::store::Store;
+
+/// Everything a request handler needs: storage, token keys and the hub.
+#[derive(Clone)]
+pub struct App {
+    store: Store,
+    keys: Keys,
+    hub: Hub,
+}
+
+enum Route<'a> {
+    Hub,
+    Health,
+    Products,
+    Product(&'a str),
+}
+
+#[derive(Serialize)]
+struct WithProduct<'a> {
+    message: &'static str,
+    product: &'a Product,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Listing<'a> {
+    message: &'static str,
+    page: u32,
+    total_pages: u64,
+    total_products: u64,
+    products: &'a [Product],
+}
+
+impl App {
+    /// Bundles the parts a server needs.
+    pub fn new(store: Store, keys: Keys, hub: Hub) -> App {
+        App { store, keys, hub }
+    }
+
+    /// The hub WebSocket clients join, for shutting it down.
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    /// Answers one request. Never fails: errors become JSON responses.
+    pub async fn handle<B>(&self, request: Request<B>) -> Response<Body>
+    where
+        B: HttpBody,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let Some(route) = route(request.uri().path()) else {
+            return ApiError::RouteNotFound.into_response();
+        };
+        let method = request.method().clone();
+        let result = match (route, method) {
+            // The hub checks the whole handshake and explains what is missing.
+            (Route::Hub, Method::GET) => {
+                return self
+                    .hub
+                    .upgrade(request)
+                    .unwrap_or_else(HandshakeError::into_response)
+            }
+            (Route::Health, Method::GET) => Ok(response::text(StatusCode::OK, "Ignition!")),
+            (Route::Products, Method::GET) => self.list_products(request.uri().query()).await,
+            (Route::Products, Method::POST) => self.create_product(request).await,
+            (Route::Product(id), Method::GET) => self.get_product(id).await,
+            (Route::Hub | Route::Health | Route::Product(_), _) => {
+                Err(ApiError::MethodNotAllowed("GET"))
+            }
+            (Route::Products, _) => Err(ApiError::MethodNotAllowed("GET, POST")),
+        };
+        result.unwrap_or_else(ApiError::into_response)
+    }
+
+    async fn create_product<B>(&self, request: Request<B>) -> Result<Response<Body>, ApiError>
+    where
+        B: HttpBody,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        // Authorization first: strangers learn nothing about validation.
+        self.keys.authorize_admin(request.headers())?;
+        let body = read_body(request.into_body()).await?;
+        let product = NewProduct::from_json(&body)?.into_product(OffsetDateTime::now_utc());
+        // Broadcast only what the database has committed.
+        let product = self.store.insert(product).await?;
+        let reached = self.hub.publish(&Event::NewProduct {
+            product: product.clone(),
+        });
+        tracing::debug!(id = %product.id, reached, "product created and broadcast");
+        Ok(response::json(
+            StatusCode::CREATED,
+            &WithProduct {
+                message: "Product created",
+                product: &product,
+            },
+        ))
+    }
+
+    async fn list_products(&self, query: Option<&str>) -> Result<Response<Body>, ApiError> {
+        let query = ListQuery::parse(query)?;
+        let page = self
+            .store
+            .list(query.activity, query.offset(), u64::from(query.limit))
+            .await?;
+        Ok(response::json(
+            StatusCode::OK,
+            &Listing {
+                message: "List of products",
+                page: query.page,
+                total_pages: query.total_pages(page.total),
+                total_products: page.total,
+                products: &page.products,
+            },
+        ))
+    }
+
+    async fn get_product(&self, id: &str) -> Result<Response<Body>, ApiError> {
+        if !object_id::is_valid(id) {
+            return Err(ApiError::InvalidId);
+        }
+        let product = self
+            .store
+            .find(id.to_ascii_lowercase())
+            .await?
+            .ok_or(ApiError::ProductNotFound)?;
+        Ok(response::json(
+            StatusCode::OK,
+            &WithProduct {
+                message: "Product found",
+                product: &product,
+            },
+        ))
+    }
+}
+
+fn route(path: &str) -> Option<Route<'_>> {
+    if path == "/" {
+        return Some(Route::Hub);
+    }
+    let path = path.strip_suffix('/').unwrap_or(path);
+    match path.strip_prefix("/api/v1/")? {
+        "health" => Some(Route::Health),
+        "products" => Some(Route::Products),
+        rest => rest
+            .strip_prefix("products/")
+            .filter(|id| !id.is_empty() && !id.contains('/'))
+            .map(Route::Product),
+    }
+}
+
+/// Reads the whole body, refusing more than [`MAX_BODY_BYTES`].
+async fn read_body<B>(body: B) -> Result<Bytes, ApiError>
+where
+    B: HttpBody,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    match Limited::new(body, MAX_BODY_BYTES).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.is::<LengthLimitError>() => Err(ApiError::BodyTooLarge),
+        Err(error) => Err(ApiError::BodyUnreadable(error.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn routed(path: &str) -> Option<String> {
+        route(path).map(|route| match route {
+            Route::Hub => "hub".to_owned(),
+            Route::Health => "health".to_owned(),
+            Route::Products => "products".to_owned(),
+            Route::Product(id) => format!("product {id}"),
+        })
+    }
+
+    #[test]
+    fn routes_paths() {
+        assert_eq!(routed("/").as_deref(), Some("hub"));
+        assert_eq!(routed("/api/v1/health").as_deref(), Some("health"));
+        assert_eq!(routed("/api/v1/products").as_deref(), Some("products"));
+        assert_eq!(routed("/api/v1/products/").as_deref(), Some("products"));
+        assert_eq!(
+            routed("/api/v1/products/abc").as_deref(),
+            Some("product abc")
+        );
+        assert_eq!(
+            routed("/api/v1/products/abc/").as_deref(),
+            Some("product abc")
+        );
+        for unknown in [
+            "",
+            "//",
+            "/api",
+            "/api/v1",
+            "/api/v1/",
+            "/api/v2/products",
+            "/api/v1/products//",
+            "/api/v1/products/a/b",
+            "/api/v1/healthz",
+        ] {
+            assert_eq!(routed(unknown), None, "{unknown}");
+        }
+    }
+}

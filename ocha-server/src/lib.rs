@@ -1,0 +1,51 @@
+//! The thin Ocha server: WebSocket push and the Ocha product API on one
+//! port, admin JWT, embedded SQLite. It embeds [`ocha_realtime`]: a
+//! WebSocket upgrade on `/` joins the hub, and every product created through
+//! `POST /api/v1/products` is committed, then broadcast to every client as
+//! `{"type":"new_product","product":{...}}`.
+//!
+//! # Modules
+//!
+//! - [`server`]: accept loop, hyper connections, graceful shutdown, signals.
+//! - [`api`]: routing and the HTTP handlers.
+//! - [`error`]: API errors and their JSON bodies.
+//! - [`response`]: JSON and text response builders.
+//! - [`product`]: product validation and documents.
+//! - [`listing`]: listing query parameters and paging.
+//! - [`store`]: SQLite storage on a dedicated thread.
+//! - [`auth`]: HS256 JWT issue, verification and the admin check.
+//! - [`object_id`]: MongoDB-style product ids.
+//! - [`config`]: configuration from the environment.
+//! - [`cli`]: the command line (`ocha-server`, `ocha-server token ...`).
+//!
+//! To serve from your own code, hand [`server::run`] a listener, an
+//! [`App`](api::App) and a shutdown future:
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! use ocha_server::{api::App, auth::Keys, config::Database, server, store::Store};
+//!
+//! let store = Store::open(&Database::Memory).await?;
+//! let app = App::new(store, Keys::from_secret(b"secret"), ocha_realtime::Hub::default());
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! server::run(listener, app, async { let _ = tokio::signal::ctrl_c().await; }).await;
+//! # Ok(())
+//! # }
+//! ```
+
+#![deny(missing_docs)]
+
+pub mod api;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod listing;
+pub mod object_id;
+pub mod product;
+pub mod response;
+pub mod server;
+pub mod store;
+
+#[cfg(test)]
+mod test_support;

@@ -1,0 +1,181 @@
+//! The accept loop, connection serving and graceful shutdown.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::Request;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use ocha_realtime::Hub;
+use thiserror::Error;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::api::App;
+use crate::auth::{Keys, ADMIN_ROLE, DEFAULT_TTL};
+use crate::config::Config;
+use crate::store::{Store, StoreError};
+
+/// How long shutdown waits for WebSocket closes and in-flight requests.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Pause after a failed `accept` (such as running out of file descriptors),
+/// so the loop does not spin while the condition lasts.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Why the server could not start.
+#[derive(Debug, Error)]
+pub enum StartError {
+    /// The database could not be opened or prepared.
+    #[error("cannot open the database: {0}")]
+    Store(#[from] StoreError),
+    /// The listening socket could not be set up.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address from `HOST` and `PORT`.
+        addr: SocketAddr,
+        /// The socket error.
+        source: io::Error,
+    },
+}
+
+/// Opens the database, listens on the configured address and serves until
+/// `shutdown` completes.
+pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+    let store = Store::open(&config.database).await?;
+    let keys = match &config.jwt_secret {
+        Some(secret) => Keys::from_secret(secret.as_bytes()),
+        None => {
+            let keys = Keys::random();
+            warn!(
+                admin_token = %keys.issue("ocha-server", ADMIN_ROLE, DEFAULT_TTL),
+                "JWT_SECRET is not set: signing with a random secret for this run only; \
+                 here is an admin token valid for 24 hours"
+            );
+            keys
+        }
+    };
+    let listen_error = |source| StartError::Listen {
+        addr: config.addr,
+        source,
+    };
+    let listener = TcpListener::bind(config.addr).await.map_err(listen_error)?;
+    let addr = listener.local_addr().map_err(listen_error)?;
+    info!(%addr, database = %config.database, "ocha-server listening");
+
+    run(listener, App::new(store, keys, Hub::default()), shutdown).await;
+    Ok(())
+}
+
+/// Serves HTTP and WebSocket on `listener` until `shutdown` completes, then
+/// stops accepting, closes every WebSocket with 1001 and lets in-flight
+/// requests finish (each phase bounded by [`SHUTDOWN_GRACE`]).
+pub async fn run(listener: TcpListener, app: App, shutdown: impl Future<Output = ()>) {
+    // Each connection task holds a receiver: a send asks them to wind down,
+    // and `closed()` resolves once every one has finished.
+    let (stop, _) = watch::channel(());
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => spawn_connection(stream, peer, app.clone(), stop.subscribe()),
+                Err(error) => {
+                    warn!(%error, "accept failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                }
+            },
+            () = &mut shutdown => break,
+        }
+    }
+
+    drop(listener);
+    info!("shutting down: closing WebSockets and finishing requests");
+    let _ = stop.send(());
+    let requests_done = tokio::time::timeout(SHUTDOWN_GRACE, stop.closed());
+    let ((), requests_done) = tokio::join!(app.hub().shutdown(SHUTDOWN_GRACE), requests_done);
+    if requests_done.is_err() {
+        warn!("requests still running at the shutdown deadline were cut off");
+    }
+    info!("shutdown complete");
+}
+
+fn spawn_connection(stream: TcpStream, peer: SocketAddr, app: App, mut stop: watch::Receiver<()>) {
+    let service = service_fn(move |request| {
+        let app = app.clone();
+        async move { Ok::<_, Infallible>(handle_logged(&app, peer, request).await) }
+    });
+    tokio::spawn(async move {
+        let connection = http1::Builder::new()
+            // The timer enables hyper's header read timeout against idle sockets.
+            .timer(TokioTimer::new())
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
+        tokio::pin!(connection);
+        let result = tokio::select! {
+            result = connection.as_mut() => result,
+            _ = stop.changed() => {
+                // Finish the request in progress, if any, then close.
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
+        };
+        if let Err(error) = result {
+            debug!(%peer, %error, "connection ended with an error");
+        }
+    });
+}
+
+async fn handle_logged(
+    app: &App,
+    peer: SocketAddr,
+    request: Request<Incoming>,
+) -> hyper::Response<crate::response::Body> {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let response = app.handle(request).await;
+    info!(
+        %peer,
+        %method,
+        %path,
+        status = response.status().as_u16(),
+        elapsed = ?started.elapsed(),
+        "request"
+    );
+    response
+}
+
+/// Resolves on SIGTERM or Ctrl-C (SIGINT).
+///
+/// The handlers are installed when this is called, not when the future is
+/// first polled, so a signal that arrives during startup is not lost.
+#[cfg(unix)]
+pub fn shutdown_signal() -> io::Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => info!("interrupt received"),
+            _ = terminate.recv() => info!("SIGTERM received"),
+        }
+    })
+}
+
+/// Resolves on Ctrl-C.
+#[cfg(not(unix))]
+pub fn shutdown_signal() -> io::Result<impl Future<Output = ()>> {
+    Ok(async {
+        match tokio::signal::ctrl_c().await {
+            Ok(()) => info!("Ctrl-C received"),
+            // Without a handler, only killing the process stops it.
+            Err(_) => std::future::pending().await,
+        }
+    })
+}

@@ -1,0 +1,442 @@
+//! Product storage in SQLite.
+//!
+//! One dedicated thread owns the connection and runs jobs sent over a
+//! channel, so blocking SQLite calls never run on the async workers, and
+//! `sqlite::memory:` (which lives and dies with its connection) works like a
+//! file. Writes are serialized by that thread; with WAL, a committed product
+//! survives a crash or restart.
+//!
+//! `slug` and `name` are unique in the schema, so the database (not a racy
+//! read-then-write) decides conflicts. `size` and `extra_chf` are stored as
+//! JSON text; listing follows insertion order (the rowid).
+
+use std::sync::mpsc;
+use std::thread;
+
+use ocha_realtime::Product;
+use rusqlite::types::Type;
+use rusqlite::{ffi, params, Connection, OptionalExtension, Row};
+use serde::de::DeserializeOwned;
+use thiserror::Error;
+use tokio::sync::oneshot;
+
+use crate::config::Database;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS products (
+    seq            INTEGER PRIMARY KEY,
+    id             TEXT    NOT NULL UNIQUE,
+    slug           TEXT    NOT NULL UNIQUE,
+    name           TEXT    NOT NULL UNIQUE,
+    category       TEXT    NOT NULL,
+    description    TEXT    NOT NULL,
+    base_price_chf REAL    NOT NULL,
+    is_active      INTEGER NOT NULL,
+    image          TEXT    NOT NULL,
+    size           TEXT    NOT NULL,
+    extra_chf      TEXT    NOT NULL,
+    created_at     TEXT    NOT NULL,
+    updated_at     TEXT    NOT NULL
+);
+CREATE INDEX IF NOT EXISTS products_by_activity ON products (is_active, seq);
+";
+
+const COLUMNS: &str = "id, slug, name, category, description, base_price_chf, is_active, \
+                       image, size, extra_chf, created_at, updated_at";
+
+/// A failed storage operation.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// Another product has this slug.
+    #[error("slug already in use")]
+    SlugTaken,
+    /// Another product has this name.
+    #[error("name already in use")]
+    NameTaken,
+    /// A file database could not be switched to write-ahead logging.
+    #[error("could not enable WAL mode: the database stayed in {0:?} mode")]
+    NoWal(String),
+    /// Any other SQLite failure.
+    #[error("SQLite: {0}")]
+    Sqlite(#[source] rusqlite::Error),
+    /// The database thread could not be started.
+    #[error("could not start the database thread: {0}")]
+    Thread(#[source] std::io::Error),
+    /// The database thread is gone (it panicked).
+    #[error("the database thread stopped")]
+    Closed,
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(error: rusqlite::Error) -> StoreError {
+        // SQLite names the violated column: "UNIQUE constraint failed: products.slug".
+        if let rusqlite::Error::SqliteFailure(failure, Some(message)) = &error {
+            if failure.extended_code == ffi::SQLITE_CONSTRAINT_UNIQUE {
+                if message.ends_with("products.slug") {
+                    return StoreError::SlugTaken;
+                }
+                if message.ends_with("products.name") {
+                    return StoreError::NameTaken;
+                }
+            }
+        }
+        StoreError::Sqlite(error)
+    }
+}
+
+/// Which products a listing includes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activity {
+    /// Every product.
+    Any,
+    /// Only products whose `isActive` equals the flag.
+    Only(bool),
+}
+
+/// One page of a listing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page {
+    /// The products on the page, in insertion order.
+    pub products: Vec<Product>,
+    /// How many products match, over all pages.
+    pub total: u64,
+}
+
+type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+
+/// A handle to the database thread. Cloning is cheap; the thread and its
+/// connection close when the last handle is dropped.
+#[derive(Debug, Clone)]
+pub struct Store {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database, switches a file database to
+    /// WAL mode and creates the schema.
+    pub async fn open(database: &Database) -> Result<Store, StoreError> {
+        let (jobs, queue) = mpsc::channel::<Job>();
+        let (opened, on_open) = oneshot::channel();
+        let database = database.clone();
+        thread::Builder::new()
+            .name("ocha-sqlite".into())
+            .spawn(move || {
+                let mut connection = match connect(&database) {
+                    Ok(connection) => connection,
+                    Err(error) => {
+                        let _ = opened.send(Err(error));
+                        return;
+                    }
+                };
+                let _ = opened.send(Ok(()));
+                // Ends when every Store handle has been dropped.
+                for job in queue {
+                    job(&mut connection);
+                }
+            })
+            .map_err(StoreError::Thread)?;
+        on_open.await.map_err(|_| StoreError::Closed)??;
+        Ok(Store { jobs })
+    }
+
+    /// Inserts a product and returns it once committed.
+    ///
+    /// When both the slug and the name are taken, reports the slug, as the
+    /// Ocha API checks it first.
+    pub async fn insert(&self, product: Product) -> Result<Product, StoreError> {
+        self.call(move |connection| {
+            let inserted = connection.execute(
+                &format!(
+                    "INSERT INTO products ({COLUMNS}) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+                ),
+                params![
+                    product.id,
+                    product.slug,
+                    product.name,
+                    product.category,
+                    product.description,
+                    product.base_price_chf,
+                    product.is_active,
+                    product.image,
+                    to_json(&product.size)?,
+                    to_json(&product.extra_chf)?,
+                    product.created_at,
+                    product.updated_at,
+                ],
+            );
+            match inserted.map_err(StoreError::from) {
+                Ok(_) => Ok(product),
+                // SQLite names only one violated index, in no documented order.
+                Err(StoreError::NameTaken) if slug_exists(connection, &product.slug)? => {
+                    Err(StoreError::SlugTaken)
+                }
+                Err(error) => Err(error),
+            }
+        })
+        .await
+    }
+
+    /// Returns up to `limit` products after skipping `offset`, and the total.
+    pub async fn list(
+        &self,
+        activity: Activity,
+        offset: u64,
+        limit: u64,
+    ) -> Result<Page, StoreError> {
+        let filter = match activity {
+            Activity::Any => None,
+            Activity::Only(active) => Some(active),
+        };
+        self.call(move |connection| {
+            // One read transaction, so the page and the total agree.
+            let transaction = connection.transaction()?;
+            let total = transaction.query_row(
+                "SELECT COUNT(*) FROM products WHERE ?1 IS NULL OR is_active = ?1",
+                [filter],
+                |row| row.get(0),
+            )?;
+            let products = transaction
+                .prepare(&format!(
+                    "SELECT {COLUMNS} FROM products WHERE ?1 IS NULL OR is_active = ?1 \
+                     ORDER BY seq LIMIT ?2 OFFSET ?3"
+                ))?
+                .query_map(params![filter, limit, offset], product_from_row)?
+                .collect::<Result<_, _>>()?;
+            transaction.commit()?;
+            Ok(Page { products, total })
+        })
+        .await
+    }
+
+    /// Returns the product with this id (24 lowercase hex digits), if any.
+    pub async fn find(&self, id: String) -> Result<Option<Product>, StoreError> {
+        self.call(move |connection| {
+            connection
+                .query_row(
+                    &format!("SELECT {COLUMNS} FROM products WHERE id = ?1"),
+                    [id],
+                    product_from_row,
+                )
+                .optional()
+                .map_err(StoreError::from)
+        })
+        .await
+    }
+
+    /// Runs `job` on the database thread and waits for its result.
+    async fn call<T, F>(&self, job: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (reply, result) = oneshot::channel();
+        self.jobs
+            .send(Box::new(move |connection| {
+                // The caller may have gone away (client disconnected); the
+                // job ran regardless, which is what a committed insert needs.
+                let _ = reply.send(job(connection));
+            }))
+            .map_err(|_| StoreError::Closed)?;
+        result.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+fn connect(database: &Database) -> Result<Connection, StoreError> {
+    let connection = match database {
+        Database::Memory => Connection::open_in_memory()?,
+        Database::File(path) => {
+            let connection = Connection::open(path)?;
+            let mode: String =
+                connection
+                    .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
+            if !mode.eq_ignore_ascii_case("wal") {
+                return Err(StoreError::NoWal(mode));
+            }
+            connection
+        }
+    };
+    connection.execute_batch(SCHEMA)?;
+    Ok(connection)
+}
+
+fn slug_exists(connection: &Connection, slug: &str) -> rusqlite::Result<bool> {
+    connection.query_row(
+        "SELECT EXISTS (SELECT 1 FROM products WHERE slug = ?1)",
+        [slug],
+        |row| row.get(0),
+    )
+}
+
+fn product_from_row(row: &Row<'_>) -> rusqlite::Result<Product> {
+    Ok(Product {
+        id: row.get(0)?,
+        slug: row.get(1)?,
+        name: row.get(2)?,
+        category: row.get(3)?,
+        description: row.get(4)?,
+        base_price_chf: row.get(5)?,
+        is_active: row.get(6)?,
+        image: row.get(7)?,
+        size: from_json(row, 8)?,
+        extra_chf: from_json(row, 9)?,
+        created_at: row.get(10)?,
+        updated_at: row.get(11)?,
+    })
+}
+
+fn to_json(value: &impl serde::Serialize) -> rusqlite::Result<String> {
+    serde_json::to_string(value).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
+}
+
+fn from_json<T: DeserializeOwned>(row: &Row<'_>, column: usize) -> rusqlite::Result<T> {
+    let text: String = row.get(column)?;
+    serde_json::from_str(&text)
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(column, Type::Text, Box::new(e)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::TempDir;
+    use ocha_realtime::{ExtraChf, Size};
+
+    fn product(n: u32, active: bool) -> Product {
+        Product {
+            id: format!("65643f1adeadbeef01{n:06x}"),
+            slug: format!("tea-{n}"),
+            name: format!("Tea {n}"),
+            category: "tea".into(),
+            description: "Hot".into(),
+            base_price_chf: 4.5,
+            is_active: active,
+            image: "/img/tea.png".into(),
+            size: vec![Size::L, Size::S],
+            extra_chf: ExtraChf {
+                s: 0.0,
+                m: 1.25,
+                l: 3.0,
+            },
+            created_at: "2025-11-27T17:48:28.123Z".into(),
+            updated_at: "2025-11-27T17:48:28.123Z".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn round_trips_products() {
+        let store = Store::open(&Database::Memory).await.unwrap();
+        let stored = store.insert(product(1, false)).await.unwrap();
+        assert_eq!(stored, product(1, false));
+        assert_eq!(
+            store.find(product(1, false).id).await.unwrap(),
+            Some(product(1, false))
+        );
+        assert_eq!(
+            store.find("65643f1adeadbeef01ffffff".into()).await.unwrap(),
+            None
+        );
+    }
+
+    #[tokio::test]
+    async fn the_database_enforces_unique_slugs_and_names() {
+        let store = Store::open(&Database::Memory).await.unwrap();
+        store.insert(product(1, true)).await.unwrap();
+
+        let mut same_slug = product(2, true);
+        same_slug.slug = "tea-1".into();
+        assert!(matches!(
+            store.insert(same_slug).await,
+            Err(StoreError::SlugTaken)
+        ));
+
+        let mut same_name = product(3, true);
+        same_name.name = "Tea 1".into();
+        assert!(matches!(
+            store.insert(same_name).await,
+            Err(StoreError::NameTaken)
+        ));
+
+        // With both taken, the slug is reported, as the Ocha API checks it first.
+        let mut both = product(4, true);
+        both.slug = "tea-1".into();
+        both.name = "Tea 1".into();
+        assert!(matches!(
+            store.insert(both).await,
+            Err(StoreError::SlugTaken)
+        ));
+
+        assert_eq!(store.list(Activity::Any, 0, 10).await.unwrap().total, 1);
+    }
+
+    #[tokio::test]
+    async fn lists_in_insertion_order_with_filter_and_paging() {
+        let store = Store::open(&Database::Memory).await.unwrap();
+        // Ids in descending order, so only the rowid explains the listing order.
+        for n in (1..=5).rev() {
+            store.insert(product(n, n % 2 == 1)).await.unwrap();
+        }
+        let slugs = |page: Page| {
+            page.products
+                .into_iter()
+                .map(|p| p.slug)
+                .collect::<Vec<_>>()
+        };
+
+        let all = store.list(Activity::Any, 0, 10).await.unwrap();
+        assert_eq!(all.total, 5);
+        assert_eq!(slugs(all), ["tea-5", "tea-4", "tea-3", "tea-2", "tea-1"]);
+
+        let second = store.list(Activity::Any, 2, 2).await.unwrap();
+        assert_eq!(
+            (second.total, slugs(second)),
+            (5, vec!["tea-3".to_owned(), "tea-2".to_owned()])
+        );
+
+        let active = store.list(Activity::Only(true), 0, 10).await.unwrap();
+        assert_eq!(
+            (active.total, slugs(active)),
+            (3, vec!["tea-5".into(), "tea-3".into(), "tea-1".into()])
+        );
+
+        let inactive = store.list(Activity::Only(false), 1, 10).await.unwrap();
+        assert_eq!(
+            (inactive.total, slugs(inactive)),
+            (2, vec!["tea-2".to_owned()])
+        );
+
+        let beyond = store.list(Activity::Any, 10, 10).await.unwrap();
+        assert_eq!((beyond.total, beyond.products.len()), (5, 0));
+    }
+
+    #[tokio::test]
+    async fn a_file_database_uses_wal_and_survives_reopening() {
+        let dir = TempDir::new("store");
+        let database = Database::File(dir.path().join("products.db"));
+
+        let store = Store::open(&database).await.unwrap();
+        store.insert(product(1, true)).await.unwrap();
+        drop(store);
+
+        let mode: String = Connection::open(dir.path().join("products.db"))
+            .unwrap()
+            .query_row("PRAGMA journal_mode", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+
+        let reopened = Store::open(&database).await.unwrap();
+        assert_eq!(
+            reopened.find(product(1, true).id).await.unwrap(),
+            Some(product(1, true))
+        );
+    }
+
+    #[tokio::test]
+    async fn reports_an_unopenable_database() {
+        let dir = TempDir::new("store-missing");
+        let database = Database::File(dir.path().join("no/such/dir/products.db"));
+        assert!(matches!(
+            Store::open(&database).await,
+            Err(StoreError::Sqlite(_))
+        ));
+    }
+}
