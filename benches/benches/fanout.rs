@@ -1,1 +1,120 @@
-fn main(){}
+//! Fan-out cost: one `NewProduct` published to N in-process connections,
+//! timed until every client has read the whole frame.
+//!
+//! Connections run over `tokio::io::duplex`, so the figure is the hub's own
+//! cost per delivery (queueing, waking, framing, writing), without the
+//! kernel's socket costs. Throughput is reported per delivery.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use ocha_realtime::{Config, Event, ExtraChf, Hub, Product, Size, OCHA_WELCOME};
+use tokio::io::{AsyncReadExt, DuplexStream};
+use tokio::runtime::Runtime;
+use tokio::sync::Notify;
+
+fn event() -> Event {
+    Event::NewProduct {
+        product: Product {
+            id: "65f1c0de0123456789abcdef".into(),
+            slug: "matcha-latte".into(),
+            name: "Matcha Latte".into(),
+            category: "tea".into(),
+            description: "Ceremonial-grade matcha whisked into steamed oat milk.".into(),
+            base_price_chf: 6.5,
+            is_active: true,
+            image: "/uploads/matcha-latte.png".into(),
+            size: vec![Size::S, Size::M, Size::L],
+            extra_chf: ExtraChf::default(),
+            created_at: "2026-11-27T17:48:28.123Z".into(),
+            updated_at: "2026-11-27T17:48:28.123Z".into(),
+        },
+    }
+}
+
+/// Length of a server text frame carrying `payload` bytes.
+fn frame_len(payload: usize) -> usize {
+    payload
+        + match payload {
+            0..=125 => 2,
+            126..=65535 => 4,
+            _ => 10,
+        }
+}
+
+/// Counts clients that have read the current frame; wakes the bench when
+/// the last one has.
+struct Arrivals {
+    count: AtomicUsize,
+    all_in: Notify,
+    clients: usize,
+}
+
+async fn client(mut io: DuplexStream, event_len: usize, arrivals: Arc<Arrivals>) {
+    let mut welcome = vec![0; frame_len(OCHA_WELCOME.len())];
+    io.read_exact(&mut welcome).await.unwrap();
+    arrivals.arrive();
+    let mut frame = vec![0; event_len];
+    while io.read_exact(&mut frame).await.is_ok() {
+        arrivals.arrive();
+    }
+}
+
+impl Arrivals {
+    fn arrive(&self) {
+        if self.count.fetch_add(1, Ordering::AcqRel) + 1 == self.clients {
+            self.all_in.notify_one();
+        }
+    }
+
+    async fn wait_all(&self) {
+        self.all_in.notified().await;
+        self.count.store(0, Ordering::Release);
+    }
+}
+
+fn fanout(c: &mut Criterion) {
+    let runtime = Runtime::new().unwrap();
+    let event = event();
+    let event_len = frame_len(serde_json::to_vec(&event).unwrap().len());
+    let mut group = c.benchmark_group("fanout");
+    group.measurement_time(Duration::from_secs(5));
+    for clients in [1, 100, 1_000, 10_000] {
+        let hub = Hub::new(Config::default());
+        let arrivals = Arc::new(Arrivals {
+            count: AtomicUsize::new(0),
+            all_in: Notify::new(),
+            clients,
+        });
+        runtime.block_on(async {
+            for _ in 0..clients {
+                let (server, client_io) = tokio::io::duplex(16 * 1024);
+                let hub = hub.clone();
+                tokio::spawn(async move { hub.serve(server).await });
+                tokio::spawn(client(client_io, event_len, arrivals.clone()));
+            }
+            arrivals.wait_all().await;
+        });
+        group.throughput(Throughput::Elements(clients as u64));
+        group.bench_with_input(BenchmarkId::from_parameter(clients), &clients, |b, _| {
+            b.to_async(&runtime).iter_custom(|iterations| {
+                let (hub, arrivals, event) = (&hub, &arrivals, &event);
+                async move {
+                    let started = Instant::now();
+                    for _ in 0..iterations {
+                        assert_eq!(hub.publish(event), clients);
+                        arrivals.wait_all().await;
+                    }
+                    started.elapsed()
+                }
+            });
+        });
+        runtime.block_on(hub.shutdown(Duration::from_secs(5)));
+    }
+    group.finish();
+}
+
+criterion_group!(benches, fanout);
+criterion_main!(benches);
