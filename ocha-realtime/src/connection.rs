@@ -63,11 +63,11 @@ enum ReadOutcome {
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
-    /// Registers a connection with the hub, its welcome queued first.
+    /// Registers a connection with the hub, its welcome to be sent first.
     pub(crate) fn new(slot: Slot, io: IO) -> Self {
         let shared = &slot.0;
         let outbox = Arc::new(Outbox::new(shared.now()));
-        let key = shared.register(&outbox);
+        let (key, welcome) = shared.register(&outbox);
         let inbound = Inbound::new(shared.config.max_message_size);
         tracing::debug!(connection = key, "WebSocket open");
         Connection {
@@ -76,7 +76,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
             key,
             outbox,
             inbound,
-            sending: VecDeque::new(),
+            sending: VecDeque::from([welcome]),
             written: 0,
             reading: true,
             closing: None,
@@ -92,41 +92,44 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
                 Poll::Pending => return ReadOutcome::Pending,
                 Poll::Ready(Err(_)) => return ReadOutcome::Ended,
                 Poll::Ready(Ok(())) if buf.filled().is_empty() => return ReadOutcome::Ended,
-                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Ok(())) => self.receive(buf.filled()),
             }
-            self.outbox.seen(self.slot.0.now());
-            let mut input = buf.filled();
-            while !input.is_empty() {
-                match self.inbound.advance(&mut input) {
-                    Ok(None) => {}
-                    Ok(Some(Received::Ping(payload))) => {
-                        if self.closing.is_none() {
-                            self.sending.push_back(frame::pong(&payload));
-                        }
+        }
+        ReadOutcome::Pending
+    }
+
+    /// Handles bytes from the client: answers pings and the close
+    /// handshake, discards data, and closes on a protocol error.
+    pub(crate) fn receive(&mut self, mut input: &[u8]) {
+        self.outbox.seen(self.slot.0.now());
+        while self.reading && !input.is_empty() {
+            match self.inbound.advance(&mut input) {
+                Ok(None) => {}
+                Ok(Some(Received::Ping(payload))) => {
+                    if self.closing.is_none() {
+                        self.sending.push_back(frame::pong(&payload));
                     }
-                    Ok(Some(Received::Close(code))) => match &mut self.closing {
-                        Some(closing) => closing.await_peer = false,
-                        // Echo the client's code, as RFC 6455 suggests.
-                        None => self.start_close(frame::close(code, ""), false, false),
-                    },
-                    Err(error) => {
-                        // Nothing after a broken frame can be parsed.
-                        self.reading = false;
-                        if self.closing.is_none() {
-                            let reason = match error {
-                                InboundError::TooBig => "message too big",
-                                InboundError::Protocol => "protocol error",
-                                InboundError::InvalidUtf8 => "invalid UTF-8",
-                            };
-                            let close = frame::close(Some(error.close_code()), reason);
-                            self.start_close(close, false, false);
-                        }
-                        break;
+                }
+                Ok(Some(Received::Close(code))) => match &mut self.closing {
+                    Some(closing) => closing.await_peer = false,
+                    // Echo the client's code, as RFC 6455 suggests.
+                    None => self.start_close(frame::close(code, ""), false, false),
+                },
+                Err(error) => {
+                    // Nothing after a broken frame can be parsed.
+                    self.reading = false;
+                    if self.closing.is_none() {
+                        let reason = match error {
+                            InboundError::TooBig => "message too big",
+                            InboundError::Protocol => "protocol error",
+                            InboundError::InvalidUtf8 => "invalid UTF-8",
+                        };
+                        let close = frame::close(Some(error.close_code()), reason);
+                        self.start_close(close, false, false);
                     }
                 }
             }
         }
-        ReadOutcome::Pending
     }
 
     /// Queues `close_frame` as the last frame to send; queued data is sent

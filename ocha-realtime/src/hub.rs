@@ -12,6 +12,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use slab::Slab;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -52,9 +53,9 @@ pub struct Stats {
 pub(crate) struct Shared {
     pub(crate) config: Config,
     welcome: Bytes,
-    /// Open connections. Publishing walks it under the lock, and a
-    /// connection joins under the same lock with its welcome queued, so each
-    /// client gets the welcome first and then every later event, in order.
+    /// Open connections. Publishing walks it under the lock and a connection
+    /// joins under the same lock, with its welcome ahead of its outbox, so
+    /// each client gets the welcome first and then every later event.
     registry: Mutex<Slab<Arc<Outbox>>>,
     /// Connection slots in use; see [`Slot`].
     slots: AtomicUsize,
@@ -125,9 +126,22 @@ impl Hub {
             .ok_or(HandshakeError::NotUpgradable)?;
         let slot = Slot::acquire(&self.shared)?;
         tokio::spawn(async move {
-            match on_upgrade.await {
-                Ok(upgraded) => Connection::new(slot, TokioIo::new(upgraded)).await,
-                Err(error) => tracing::debug!(%error, "WebSocket upgrade failed"),
+            let upgraded = match on_upgrade.await {
+                Ok(upgraded) => upgraded,
+                Err(error) => return tracing::debug!(%error, "WebSocket upgrade failed"),
+            };
+            // Over a plain TCP socket, drive it directly: no boxed I/O, and
+            // no Nagle delay holding back small event frames.
+            match upgraded.downcast::<TokioIo<TcpStream>>() {
+                Ok(parts) => {
+                    let stream = parts.io.into_inner();
+                    let _ = stream.set_nodelay(true);
+                    let mut connection = Connection::new(slot, stream);
+                    // Frames the client sent right behind its handshake.
+                    connection.receive(&parts.read_buf);
+                    connection.await
+                }
+                Err(upgraded) => Connection::new(slot, TokioIo::new(upgraded)).await,
             }
         });
         Ok(handshake::switching_protocols(accept))
@@ -208,18 +222,18 @@ impl Shared {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    /// Adds a connection with its welcome queued and returns its key.
-    pub(crate) fn register(self: &Arc<Self>, outbox: &Arc<Outbox>) -> usize {
+    /// Adds a connection and returns its key and the welcome to send first;
+    /// every event published from here on reaches its outbox.
+    pub(crate) fn register(self: &Arc<Self>, outbox: &Arc<Outbox>) -> (usize, Bytes) {
         if !self.heartbeat_started.swap(true, Ordering::AcqRel) {
             tokio::spawn(heartbeat(Arc::downgrade(self)));
         }
         let mut registry = self.registry();
-        outbox.push(&self.welcome, usize::MAX);
         if self.shutting_down.load(Ordering::Acquire) {
             outbox.close(CloseReason::GoingAway);
         }
         self.accepted.fetch_add(1, Ordering::Relaxed);
-        registry.insert(outbox.clone())
+        (registry.insert(outbox.clone()), self.welcome.clone())
     }
 
     pub(crate) fn deregister(&self, key: usize) {

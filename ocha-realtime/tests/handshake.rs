@@ -5,6 +5,7 @@ mod support;
 use http::{Request, StatusCode};
 use ocha_realtime::{Config, HandshakeError, Hub, OCHA_WELCOME};
 use support::{connect, raw_exchange, raw_request, serve, upgrade_request};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test]
 async fn welcome_is_the_ocha_text_byte_for_byte() {
@@ -123,4 +124,28 @@ async fn a_request_hyper_cannot_upgrade_is_refused_not_hung() {
         error.into_response().status(),
         StatusCode::INTERNAL_SERVER_ERROR
     );
+}
+
+#[tokio::test]
+async fn a_frame_sent_right_behind_the_handshake_is_not_lost() {
+    let (_hub, addr) = serve(Config::default()).await;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // A masked ping with payload "hi" (mask 0), in the same write as the request.
+    let mut bytes = upgrade_request("").into_bytes();
+    bytes.extend_from_slice(&[0x89, 0x82, 0, 0, 0, 0, b'h', b'i']);
+    stream.write_all(&bytes).await.unwrap();
+    let welcome_frame_len = 2 + OCHA_WELCOME.len();
+    let mut received = Vec::new();
+    let pong = [0x8a, 0x02, b'h', b'i'];
+    while !received.ends_with(&pong) {
+        let mut chunk = [0; 1024];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut chunk))
+            .await
+            .expect("the ping is answered")
+            .unwrap();
+        assert_ne!(n, 0, "connection closed early");
+        received.extend_from_slice(&chunk[..n]);
+    }
+    let head_len = received.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert_eq!(received.len(), head_len + welcome_frame_len + pong.len());
 }
