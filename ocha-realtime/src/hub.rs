@@ -137,8 +137,10 @@ impl Hub {
                     let stream = parts.io.into_inner();
                     let _ = stream.set_nodelay(true);
                     let mut connection = Connection::new(slot, stream);
-                    // Frames the client sent right behind its handshake.
+                    // Frames the client sent right behind its handshake. The
+                    // bytes are a view of hyper's whole read buffer: let go.
                     connection.receive(&parts.read_buf);
+                    drop(parts.read_buf);
                     connection.await
                 }
                 Err(upgraded) => Connection::new(slot, TokioIo::new(upgraded)).await,
