@@ -245,10 +245,15 @@ struct ConnectCounters {
 
 impl ConnectCounters {
     fn note_error(&self, e: String) {
-        let mut errors = self.errors.lock().unwrap();
-        if errors.len() < KEPT_ERRORS && !errors.contains(&e) {
-            errors.push(e);
-        }
+        keep_error(&mut self.errors.lock().unwrap(), e);
+    }
+}
+
+/// Keeps the first few distinct error messages: thousands of clients failing
+/// usually fail the same way.
+fn keep_error(errors: &mut Vec<String>, e: String) {
+    if errors.len() < KEPT_ERRORS && !errors.contains(&e) {
+        errors.push(e);
     }
 }
 
@@ -630,7 +635,7 @@ fn post_all(args: &Args, target: &Target, token: &str, run: &str, epoch: Instant
                 match http_connect(target).await {
                     Ok(s) => sender = Some(s),
                     Err(e) => {
-                        errors.push(e);
+                        keep_error(&mut errors, e);
                         continue;
                     }
                 }
@@ -639,7 +644,7 @@ fn post_all(args: &Args, target: &Target, token: &str, run: &str, epoch: Instant
             let body = product_body(run, index, args.description_bytes);
             match post_one(sender_ref, target, token, body, epoch).await {
                 Ok(at) => *slot = Some(at),
-                Err(e) => errors.push(e),
+                Err(e) => keep_error(&mut errors, e),
             }
         }
         PostResults {
@@ -896,7 +901,7 @@ async fn run(args: Args) -> Result<Report, String> {
             errors: c.errors.lock().unwrap().clone(),
         },
         posts_failed: args.events - created as usize,
-        post_errors: posts.errors.into_iter().take(KEPT_ERRORS).collect(),
+        post_errors: posts.errors,
         deliveries,
         duplicates: shared.duplicates.load(Relaxed),
         out_of_order: shared.out_of_order.load(Relaxed),
@@ -1069,4 +1074,91 @@ fn main() -> ExitCode {
     use std::io::Write;
     std::io::stdout().flush().ok();
     std::process::exit(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared(events: usize, clients: usize) -> Shared {
+        Shared {
+            epoch: Instant::now(),
+            events,
+            slug_prefix: "lg-abc-".into(),
+            recv: (0..clients * events)
+                .map(|_| AtomicU32::new(UNSET))
+                .collect(),
+            received: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
+            out_of_order: AtomicU64::new(0),
+            foreign: AtomicU64::new(0),
+            disconnected: AtomicU64::new(0),
+            stopping: AtomicBool::new(false),
+            connect: ConnectCounters::default(),
+        }
+    }
+
+    #[test]
+    fn event_index_finds_the_slug_with_or_without_spaces() {
+        let s = shared(30, 1);
+        let frame = r#"{"type":"new_product","product":{"_id":"1","slug":"lg-abc-12","name":"Loadgen abc #12"}}"#;
+        assert_eq!(s.event_index(frame), Some(12));
+        assert_eq!(s.event_index(r#"{"slug": "lg-abc-7"}"#), Some(7));
+        assert_eq!(
+            s.event_index(r#"{"slug":"lg-abc-30"}"#),
+            None,
+            "out of range"
+        );
+        assert_eq!(s.event_index(r#"{"slug":"lg-other-1"}"#), None);
+        assert_eq!(s.event_index(WELCOME), None);
+    }
+
+    #[test]
+    fn record_counts_duplicates_and_reordering() {
+        let s = shared(3, 2);
+        let frame = |i: usize| format!(r#"{{"slug":"lg-abc-{i}"}}"#);
+        let mut last = None;
+        s.record(0, &frame(1), &mut last);
+        s.record(0, &frame(0), &mut last);
+        s.record(0, &frame(0), &mut last);
+        s.record(0, "something else", &mut last);
+        assert_eq!(s.received.load(Relaxed), 2);
+        assert_eq!(s.out_of_order.load(Relaxed), 1);
+        assert_eq!(s.duplicates.load(Relaxed), 1);
+        assert_eq!(s.foreign.load(Relaxed), 1);
+        assert_ne!(s.recv[0].load(Relaxed), UNSET);
+        assert_eq!(s.recv[3].load(Relaxed), UNSET, "client 1 untouched");
+    }
+
+    #[test]
+    fn products_are_unique_and_complete() {
+        let a: serde_json::Value = serde_json::from_str(&product_body("r1", 0, 0)).unwrap();
+        let b: serde_json::Value = serde_json::from_str(&product_body("r1", 1, 500)).unwrap();
+        for field in [
+            "slug",
+            "name",
+            "category",
+            "description",
+            "basePriceCHF",
+            "image",
+        ] {
+            assert!(!a[field].is_null(), "{field} missing");
+        }
+        assert_ne!(a["slug"], b["slug"]);
+        assert_ne!(a["name"], b["name"]);
+        assert_eq!(b["description"].as_str().unwrap().len(), 500);
+    }
+
+    #[test]
+    fn args_parse_flags_and_values() {
+        let argv = "--url=http://127.0.0.1:5103 --clients 200 --events 5 --back-to-back --json";
+        let a = Args::parse(argv.split(' ').map(String::from)).unwrap();
+        assert_eq!((a.clients, a.events), (200, 5));
+        assert!(a.back_to_back && a.json);
+        assert_eq!(a.url, "http://127.0.0.1:5103");
+        assert!(Args::parse(["--clients".to_string()].into_iter()).is_err());
+        assert!(Args::parse(["--bogus".to_string()].into_iter()).is_err());
+        let t = Target::from_url("http://127.0.0.1:5103").unwrap();
+        assert_eq!(t.ws_url(), "ws://127.0.0.1:5103/");
+    }
 }

@@ -1,0 +1,203 @@
+#!/usr/bin/env bash
+# Runs ocha-server, the Node `ws` reference and the one-thread floor one after
+# another under the same load (the `loadgen` binary, latency and back-to-back
+# modes) and prints one markdown table of the figures, with ratios to Node.
+#
+# Usage: benches/compare.sh [--clients N] [--events M] [--interval-ms MS]
+#                           [--servers "ocha node floor"] [--out DIR] [-- LOADGEN_ARGS...]
+# The same settings can come from the environment: CLIENTS (default 10000),
+# EVENTS (30), INTERVAL_MS (200), SERVERS, OUT_DIR, BASE_PORT (5111: ocha
+# takes it, node +1, floor +2), ANCHORS (default ../shared/anchors beside the
+# repository), JWT_SECRET.
+#
+# Every run gets a freshly started server, so that RSS is measured from a
+# clean baseline and nothing is left over from the previous run (the floor
+# never notices closed clients and would run out of file descriptors).
+# Exits 1 if a server could not be started or a run lost, duplicated or
+# reordered anything or had a failed connection; the table is printed anyway.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+clients=${CLIENTS:-10000}
+events=${EVENTS:-30}
+interval_ms=${INTERVAL_MS:-200}
+servers=${SERVERS:-ocha node floor}
+out=${OUT_DIR:-}
+base_port=${BASE_PORT:-5111}
+anchors=${ANCHORS:-$root/../shared/anchors}
+secret=${JWT_SECRET:-compare-secret}
+extra=()
+
+while [ $# -gt 0 ]; do
+    case $1 in
+        --clients) clients=$2; shift 2 ;;
+        --events) events=$2; shift 2 ;;
+        --interval-ms) interval_ms=$2; shift 2 ;;
+        --servers) servers=$2; shift 2 ;;
+        --out) out=$2; shift 2 ;;
+        --) shift; extra=("$@"); break ;;
+        -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) echo "compare.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
+    esac
+done
+
+die() { echo "compare.sh: $*" >&2; exit 1; }
+
+[ -n "$out" ] || out=$(mktemp -d "${TMPDIR:-/tmp}/ocha-compare.XXXXXX")
+mkdir -p "$out"
+command -v python3 >/dev/null || die "python3 is needed to build the table"
+
+# --- build ---------------------------------------------------------------
+packages=(-p benches)
+[[ " $servers " == *" ocha "* ]] && packages+=(-p ocha-server)
+echo "building ${packages[*]} (release)..." >&2
+(cd "$root" && cargo build --release "${packages[@]}" --bins) >&2 || die "build failed"
+loadgen=$root/target/release/loadgen
+for s in $servers; do
+    case $s in
+        node) [ -x "$anchors/node-ws/run.sh" ] || die "no Node reference at $anchors/node-ws (set ANCHORS)" ;;
+        floor) [ -x "$anchors/rust-floor/run.sh" ] || die "no floor at $anchors/rust-floor (set ANCHORS)" ;;
+        ocha) ;;
+        *) die "unknown server '$s' (known: ocha node floor)" ;;
+    esac
+done
+
+# --- server lifecycle ----------------------------------------------------
+server_pid=""
+
+stop_server() {
+    [ -n "$server_pid" ] || return 0
+    # Each server runs in its own session, so its whole process group goes.
+    kill -TERM -- "-$server_pid" 2>/dev/null || kill -TERM "$server_pid" 2>/dev/null || true
+    for _ in $(seq 50); do
+        kill -0 "$server_pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL -- "-$server_pid" 2>/dev/null || true
+    wait "$server_pid" 2>/dev/null || true
+    server_pid=""
+}
+trap stop_server EXIT
+trap 'stop_server; exit 130' INT TERM
+
+listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# start_server NAME PORT LOG DB: starts NAME in the background, sets
+# server_pid to the PID of the process that listens, waits until it accepts.
+start_server() {
+    local name=$1 port=$2 log=$3 db=$4
+    listening "$port" && die "port $port is already in use; set BASE_PORT"
+    case $name in
+        ocha) PORT=$port JWT_SECRET=$secret DATABASE_URL=sqlite:$db RUST_LOG=${RUST_LOG:-warn} \
+                  setsid "$root/target/release/ocha-server" >"$log" 2>&1 & ;;
+        node) PORT=$port JWT_SECRET=$secret setsid "$anchors/node-ws/run.sh" >"$log" 2>&1 & ;;
+        floor) PORT=$port setsid "$anchors/rust-floor/run.sh" >"$log" 2>&1 & ;;
+    esac
+    server_pid=$!
+    # Generous: the floor's run.sh compiles it the first time, Node's may run npm ci.
+    local waited=0
+    until listening "$port"; do
+        if ! kill -0 "$server_pid" 2>/dev/null; then
+            tail -n 20 "$log" >&2
+            server_pid=""
+            die "$name exited before listening on port $port (log: $log)"
+        fi
+        [ $waited -lt 6000 ] || { stop_server; die "$name did not listen on port $port within 600 s (log: $log)"; }
+        sleep 0.1
+        waited=$((waited + 1))
+    done
+    # The run.sh wrappers exec the server, but ask the kernel who listens to be sure.
+    local listener
+    listener=$(ss -ltnpH "sport = :$port" 2>/dev/null | grep -o 'pid=[0-9]*' | head -n1 | cut -d= -f2 || true)
+    measured_pid=${listener:-$server_pid}
+}
+
+# --- runs ----------------------------------------------------------------
+failed=0
+echo "results and logs in $out" >&2
+for s in $servers; do
+    case $s in ocha) port=$base_port ;; node) port=$((base_port + 1)) ;; floor) port=$((base_port + 2)) ;; esac
+    for mode in interval b2b; do
+        flags=(--interval-ms "$interval_ms")
+        [ $mode = b2b ] && flags=(--back-to-back)
+        rm -f "$out/$s-$mode.db"
+        start_server "$s" "$port" "$out/$s-$mode.server.log" "$out/$s-$mode.db"
+        echo "== $s ($mode) on port $port, pid $measured_pid: $clients clients × $events events" >&2
+        rc=0
+        "$loadgen" --url "http://127.0.0.1:$port" --clients "$clients" --events "$events" \
+            --server-pid "$measured_pid" --jwt-secret "$secret" --json "${flags[@]}" "${extra[@]}" \
+            >"$out/$s-$mode.json" 2>"$out/$s-$mode.loadgen.log" || rc=$?
+        stop_server
+        if [ $rc -ne 0 ]; then
+            failed=1
+            if [ $rc -ne 1 ] || [ ! -s "$out/$s-$mode.json" ]; then
+                echo "   loadgen could not run (exit $rc):" >&2
+                tail -n 5 "$out/$s-$mode.loadgen.log" >&2
+                rm -f "$out/$s-$mode.json"
+            fi
+        fi
+    done
+done
+
+# --- table ---------------------------------------------------------------
+python3 - "$out" "$clients" "$events" "$interval_ms" $servers <<'EOF'
+import json, os, platform, sys
+
+out, clients, events, interval_ms, servers = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5:]
+names = {"ocha": "ocha-server", "node": "Node http + `ws`", "floor": "floor (one thread, direct writes)"}
+
+def load(server, mode):
+    try:
+        with open(os.path.join(out, f"{server}-{mode}.json")) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+def get(report, *path):
+    for key in path:
+        if report is None:
+            return None
+        report = report.get(key)
+    return report
+
+rows = {}
+for s in servers:
+    lat, b2b = load(s, "interval"), load(s, "b2b")
+    lost = [get(r, "deliveries", "lost") for r in (lat, b2b)]
+    rows[s] = {
+        "rss": get(lat, "server", "rss_per_idle_conn_kib"),
+        "cpu": get(lat, "server", "cpu_us_per_delivery"),
+        "all_p50": get(lat, "deliveries", "all_clients_ms", "p50"),
+        "p99": get(lat, "deliveries", "latency_ms", "p99"),
+        "rate": get(b2b, "deliveries", "deliveries_per_s"),
+        "lost": None if None in lost else sum(lost),
+        "failures": [f"{mode}: {f}" for mode, r in (("interval", lat), ("b2b", b2b))
+                     for f in (get(r, "failures") or (["no result"] if r is None else []))],
+    }
+
+def fmt(v, digits):
+    return "n/a" if v is None else f"{v:,.{digits}f}"
+
+def ratio(v, ref):
+    return "n/a" if v is None or not ref else f"{v / ref:.2f}×"
+
+node = rows.get("node", {})
+print(f"{clients} clients, {events} events ({interval_ms} ms apart for latency, back-to-back for throughput); "
+      f"{os.cpu_count()} cores, Linux {platform.release()}; server CPU and RSS from /proc, "
+      f"loadgen on the same machine.\n")
+print("| server | RSS/idle conn (KiB) | CPU/delivery (µs) | CPU vs Node | all-clients p50 (ms) "
+      "| p99 latency (ms) | deliveries/s (b2b) | b2b vs Node | lost |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+for s in servers:
+    r = rows[s]
+    print(f"| {names.get(s, s)} | {fmt(r['rss'], 2)} | {fmt(r['cpu'], 2)} | {ratio(r['cpu'], node.get('cpu'))} "
+          f"| {fmt(r['all_p50'], 1)} | {fmt(r['p99'], 1)} | {fmt(r['rate'], 0)} "
+          f"| {ratio(r['rate'], node.get('rate'))} | {'n/a' if r['lost'] is None else r['lost']} |")
+notes = [(s, f) for s in servers for f in rows[s]["failures"]]
+if notes:
+    print()
+    for s, f in notes:
+        print(f"- {names.get(s, s)}: {f}")
+EOF
+
+exit $failed
