@@ -1,5 +1,6 @@
 //! `ocha-server`: serve, or print a token. See the library docs for the parts.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use ocha_server::auth::Keys;
@@ -33,6 +34,8 @@ async fn serve() -> ExitCode {
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
+        // Colour codes only for people: log files and collectors get plain text.
+        .with_ansi(std::io::stdout().is_terminal())
         .init();
     let config = match Config::from_env() {
         Ok(config) => config,

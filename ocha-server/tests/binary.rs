@@ -1,0 +1,244 @@
+//! The real `ocha-server` binary: configuration, the `token` command,
+//! logging and SIGTERM.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+
+use common::*;
+use http::StatusCode;
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout};
+
+/// Starts the binary on `port` of 127.0.0.1 with a database in `dir`.
+fn start_on(port: u16, dir: &TempDir) -> Child {
+    binary()
+        .env("PORT", port.to_string())
+        .env("HOST", "127.0.0.1")
+        .env(
+            "DATABASE_URL",
+            format!("sqlite:{}", dir.database().display()),
+        )
+        .env("JWT_SECRET", SECRET)
+        .spawn()
+        .expect("start ocha-server")
+}
+
+async fn stop(child: &mut Child) {
+    sigterm(child);
+    let status = exit_status(child).await;
+    assert_eq!(status.code(), Some(0), "{}", stderr(child).await);
+}
+
+/// Runs `ocha-server token ...` and returns (exit code, stdout, stderr).
+async fn token_command(args: &[&str], secret: Option<&str>) -> (i32, String, String) {
+    let mut command = binary();
+    command.arg("token").args(args).stdout(Stdio::piped());
+    if let Some(secret) = secret {
+        command.env("JWT_SECRET", secret);
+    }
+    let output = command.output().await.expect("run ocha-server token");
+    (
+        output.status.code().expect("an exit code"),
+        String::from_utf8(output.stdout).unwrap(),
+        String::from_utf8(output.stderr).unwrap(),
+    )
+}
+
+/// Reads log lines until one contains `needle`.
+async fn log_line(lines: &mut Lines<BufReader<ChildStdout>>, needle: &str) -> String {
+    tokio::time::timeout(PATIENCE, async {
+        while let Some(line) = lines.next_line().await.expect("read the log") {
+            if line.contains(needle) {
+                return line;
+            }
+        }
+        panic!("the log ended without {needle:?}");
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no log line with {needle:?} in time"))
+}
+
+#[tokio::test]
+async fn serves_on_port_5001_of_every_interface_by_default() {
+    let dir = TempDir::new("default-port");
+    let mut child = binary()
+        .env(
+            "DATABASE_URL",
+            format!("sqlite:{}", dir.database().display()),
+        )
+        .env("JWT_SECRET", SECRET)
+        .spawn()
+        .unwrap();
+    wait_healthy(&mut child, "127.0.0.1:5001".parse().unwrap()).await;
+    stop(&mut child).await;
+}
+
+#[tokio::test]
+async fn serves_on_the_configured_port() {
+    let dir = TempDir::new("port");
+    let port = free_low_port();
+    let mut child = start_on(port, &dir);
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    wait_healthy(&mut child, addr).await;
+    // WebSocket clients join on the same port.
+    drop(ws_connect(addr).await);
+    stop(&mut child).await;
+}
+
+#[tokio::test]
+async fn sigterm_closes_every_websocket_with_1001_and_exits_0() {
+    let dir = TempDir::new("sigterm");
+    let port = free_low_port();
+    let mut child = start_on(port, &dir);
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    wait_healthy(&mut child, addr).await;
+    let mut clients = [
+        ws_connect(addr).await,
+        ws_connect(addr).await,
+        ws_connect(addr).await,
+    ];
+
+    sigterm(&child);
+    for client in &mut clients {
+        assert_eq!(close_code(client).await, 1001);
+    }
+    let status = exit_status(&mut child).await;
+    assert_eq!(status.code(), Some(0), "{}", stderr(&mut child).await);
+}
+
+#[tokio::test]
+async fn the_token_command_prints_tokens_the_server_accepts() {
+    let (code, admin, _) = token_command(&["--role", "admin", "--ttl", "1h"], Some(SECRET)).await;
+    assert_eq!(code, 0);
+    let admin = admin.lines().last().expect("a token line").to_owned();
+    let (code, user, _) = token_command(&["--role=user", "--id", "u1"], Some(SECRET)).await;
+    assert_eq!(code, 0);
+    let user = user.lines().last().unwrap().to_owned();
+
+    let dir = TempDir::new("token");
+    let port = free_low_port();
+    let mut child = start_on(port, &dir);
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    wait_healthy(&mut child, addr).await;
+
+    let created = post_product(addr, Some(&admin), &product_body(1)).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text());
+    post_product(addr, Some(&user), &product_body(2))
+        .await
+        .assert_json(403, r#"{"message":"Access restricted to administrators"}"#);
+    stop(&mut child).await;
+}
+
+#[tokio::test]
+async fn the_token_command_reports_usage_and_configuration_errors() {
+    for args in [
+        &[][..],
+        &["--role"],
+        &["--role", "admin", "--ttl", "7w"],
+        &["--bogus"],
+    ] {
+        let (code, stdout, stderr) = token_command(args, Some(SECRET)).await;
+        assert_eq!(code, 2, "{args:?}");
+        assert!(stdout.is_empty());
+        assert!(stderr.contains("Usage:"), "{stderr}");
+    }
+    let (code, _, stderr) = token_command(&["--role", "admin"], None).await;
+    assert_eq!(code, 1);
+    assert!(stderr.contains("JWT_SECRET must be set"), "{stderr}");
+
+    let help = binary()
+        .arg("--help")
+        .stdout(Stdio::piped())
+        .output()
+        .await
+        .unwrap();
+    assert!(help.status.success());
+    assert!(String::from_utf8(help.stdout)
+        .unwrap()
+        .contains("ocha-server token --role ROLE"));
+}
+
+#[tokio::test]
+async fn bad_configuration_fails_with_a_clear_message() {
+    let dir = TempDir::new("bad-config");
+    let database = format!("sqlite:{}", dir.database().display());
+    let missing_dir = format!("sqlite:{}", dir.path().join("no/such/dir/x.db").display());
+    for (vars, message) in [
+        (
+            vec![("PORT", "abc")],
+            r#"PORT must be a port number from 0 to 65535, got "abc""#,
+        ),
+        (vec![("PORT", "65536")], "PORT must be a port number"),
+        (vec![("HOST", "example.com")], "HOST must be an IP address"),
+        (
+            vec![("DATABASE_URL", "postgres://db/ocha")],
+            "DATABASE_URL must be sqlite:<path> or sqlite::memory:",
+        ),
+        (
+            vec![("DATABASE_URL", missing_dir.as_str())],
+            "cannot open the database",
+        ),
+    ] {
+        let mut command = binary();
+        command
+            .env("DATABASE_URL", &database)
+            .env("PORT", free_low_port().to_string());
+        for (name, value) in &vars {
+            command.env(name, value);
+        }
+        let output = command.output().await.unwrap();
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert_eq!(output.status.code(), Some(1), "{vars:?}: {stderr}");
+        assert!(stderr.contains(message), "{vars:?}: {stderr}");
+    }
+}
+
+#[tokio::test]
+async fn without_a_secret_it_logs_a_working_admin_token_and_every_request() {
+    let dir = TempDir::new("random-secret");
+    let port = free_low_port();
+    let mut child = binary()
+        .env("PORT", port.to_string())
+        .env("HOST", "127.0.0.1")
+        .env(
+            "DATABASE_URL",
+            format!("sqlite:{}", dir.database().display()),
+        )
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut log = BufReader::new(child.stdout.take().unwrap()).lines();
+
+    let warning = log_line(&mut log, "admin_token=").await;
+    assert!(warning.contains("WARN"), "{warning}");
+    let token: String = warning
+        .split("admin_token=")
+        .nth(1)
+        .unwrap()
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        .collect();
+    let startup = log_line(&mut log, "ocha-server listening").await;
+    assert!(
+        startup.contains(&format!("addr=127.0.0.1:{port}")),
+        "{startup}"
+    );
+    assert!(
+        startup.contains(&format!("database=sqlite:{}", dir.database().display())),
+        "{startup}"
+    );
+
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let created = post_product(addr, Some(&token), &product_body(1)).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text());
+    let request = log_line(&mut log, "path=/api/v1/products").await;
+    for field in ["method=POST", "status=201", "elapsed="] {
+        assert!(request.contains(field), "{request}");
+    }
+
+    sigterm(&child);
+    log_line(&mut log, "shutdown complete").await;
+    assert_eq!(exit_status(&mut child).await.code(), Some(0));
+}

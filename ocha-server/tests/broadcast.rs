@@ -1,0 +1,213 @@
+//! WebSocket broadcasts, end to end: real clients on `/` of a real server.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use futures_util::future::join_all;
+use http::{Method, StatusCode};
+use ocha_realtime::Event;
+use ocha_server::config::Database;
+use ocha_server::store::Store;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// The frame every client must receive for a product created with `created`.
+fn expected_frame(created: &Reply) -> String {
+    format!(
+        r#"{{"type":"new_product","product":{}}}"#,
+        raw_product(created)
+    )
+}
+
+#[tokio::test]
+async fn a_new_product_reaches_every_client_exactly_once() {
+    let dir = TempDir::new("broadcast");
+    let server = TestServer::start(&dir.database()).await;
+    let mut clients = [
+        ws_connect(server.addr).await,
+        ws_connect(server.addr).await,
+        ws_connect(server.addr).await,
+    ];
+
+    let created = create(&server, 1).await;
+    let product = created.json()["product"].clone();
+
+    for client in &mut clients {
+        let frame = next_text(client).await;
+        // The same bytes as the 201 body's product...
+        assert_eq!(frame, expected_frame(&created));
+        // ...which parse to the same document and to the library's event type.
+        let parsed: Value = serde_json::from_str(&frame).unwrap();
+        assert_eq!(parsed, json!({"type": "new_product", "product": product}));
+        let Event::NewProduct { product: typed } = serde_json::from_str(&frame).unwrap() else {
+            panic!("not a new_product event");
+        };
+        assert_eq!(serde_json::to_value(typed).unwrap(), product);
+    }
+    join_all(clients.iter_mut().map(assert_quiet)).await;
+    // Gone clients let shutdown skip the closing handshake.
+    drop(clients);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn failed_requests_broadcast_nothing() {
+    let dir = TempDir::new("quiet");
+    let server = TestServer::start(&dir.database()).await;
+    let existing = create(&server, 1).await;
+    let existing_id = existing.json()["product"]["_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut clients = [
+        ws_connect(server.addr).await,
+        ws_connect(server.addr).await,
+        ws_connect(server.addr).await,
+    ];
+
+    let addr = server.addr;
+    let admin = server.admin_token();
+    let user = server.token("user");
+    let with = |field: &str, value: Value| {
+        let mut body = product_body(2);
+        body[field] = value;
+        body.to_string()
+    };
+    let mut huge = product_body(2).to_string().into_bytes();
+    huge.resize(1024 * 1024 + 1, b' ');
+
+    let failures: Vec<(Option<&str>, Vec<u8>, u16)> = vec![
+        (None, product_body(2).to_string().into(), 401),
+        (Some("garbage"), product_body(2).to_string().into(), 401),
+        (Some(&user), product_body(2).to_string().into(), 403),
+        (Some(&admin), with("image", json!("")).into(), 400),
+        (Some(&admin), b"{not json".to_vec(), 400),
+        (Some(&admin), with("basePriceCHF", json!(-2)).into(), 422),
+        (
+            Some(&admin),
+            with("slug", json!("matcha-latte-1")).into(),
+            409,
+        ),
+        (
+            Some(&admin),
+            with("name", json!("Matcha Latte 1")).into(),
+            409,
+        ),
+        (Some(&admin), huge, 413),
+    ];
+    for (token, body, status) in failures {
+        let reply = send(addr, Method::POST, "/api/v1/products", token, body).await;
+        assert_eq!(reply.status.as_u16(), status, "{}", reply.text());
+    }
+    // Reads and routing errors do not broadcast either.
+    get(addr, "/api/v1/products").await;
+    get(addr, &format!("/api/v1/products/{existing_id}")).await;
+    get(addr, "/api/v1/nothing").await;
+    send(addr, Method::DELETE, "/api/v1/products", Some(&admin), "").await;
+
+    let created = create(&server, 2).await;
+    for client in &mut clients {
+        assert_eq!(next_text(client).await, expected_frame(&created));
+    }
+    join_all(clients.iter_mut().map(assert_quiet)).await;
+    drop(clients);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_closes_clients_with_1001_and_finishes_requests_in_flight() {
+    let dir = TempDir::new("shutdown");
+    let server = TestServer::start(&dir.database()).await;
+    let addr = server.addr;
+    let mut clients = [
+        ws_connect(addr).await,
+        ws_connect(addr).await,
+        ws_connect(addr).await,
+    ];
+
+    // A creation whose body is only half sent when shutdown begins.
+    let body = product_body(1).to_string();
+    let (first_half, second_half) = body.split_at(body.len() / 2);
+    let mut in_flight = TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /api/v1/products HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        server.admin_token(),
+        body.len()
+    );
+    in_flight.write_all(head.as_bytes()).await.unwrap();
+    in_flight.write_all(first_half.as_bytes()).await.unwrap();
+    // Let the server start on the request before shutting down.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let stopped = server.begin_shutdown();
+
+    for client in &mut clients {
+        assert_eq!(close_code(client).await, 1001);
+    }
+    // No new connections are accepted.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while TcpStream::connect(addr).await.is_ok() {
+        assert!(tokio::time::Instant::now() < deadline, "still accepting");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        !stopped.is_finished(),
+        "run returned before the request finished"
+    );
+
+    in_flight.write_all(second_half.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    tokio::time::timeout(PATIENCE, in_flight.read_to_string(&mut response))
+        .await
+        .expect("the response and the close in time")
+        .unwrap();
+    assert!(
+        response.starts_with("HTTP/1.1 201 Created\r\n"),
+        "{response}"
+    );
+    assert!(
+        response.contains(r#"{"message":"Product created","product":{"#),
+        "{response}"
+    );
+
+    tokio::time::timeout(PATIENCE, stopped)
+        .await
+        .unwrap()
+        .unwrap();
+
+    let store = Store::open(&Database::File(dir.database())).await.unwrap();
+    let page = store
+        .list(ocha_server::store::Activity::Any, 0, 10)
+        .await
+        .unwrap();
+    assert_eq!(page.total, 1);
+    assert_eq!(page.products[0].slug, "matcha-latte-1");
+}
+
+#[tokio::test]
+async fn refused_handshakes_get_the_hubs_answer() {
+    let dir = TempDir::new("handshake");
+    let server = TestServer::start(&dir.database()).await;
+    let stream = TcpStream::connect(server.addr).await.unwrap();
+    let request = http::Request::builder()
+        .uri(format!("ws://{}/", server.addr))
+        .header("host", server.addr.to_string())
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "8")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .body(())
+        .unwrap();
+    let refused = tokio_tungstenite::client_async(request, stream).await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), StatusCode::UPGRADE_REQUIRED);
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    server.stop().await;
+}

@@ -1,0 +1,370 @@
+//! Helpers for the end-to-end tests: a server on a free port, an HTTP
+//! client, WebSocket clients, the real binary and temporary directories.
+
+// Each test crate compiles this module and uses only part of it.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use ocha_realtime::Hub;
+use ocha_server::api::App;
+use ocha_server::auth::Keys;
+use ocha_server::config::Database;
+use ocha_server::server;
+use ocha_server::store::Store;
+use serde_json::{json, Value};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::process::{Child, Command};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// The secret every test server and test token shares.
+pub const SECRET: &str = "end-to-end-secret";
+
+/// How long a test waits for anything that should happen.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+/// How long a test watches for something that should not happen.
+pub const QUIET: Duration = Duration::from_millis(300);
+
+/// A fresh directory under the system temp dir, removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(label: &str) -> TempDir {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "ocha-server-e2e-{label}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        TempDir(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// The path of a database file in this directory.
+    pub fn database(&self) -> PathBuf {
+        self.0.join("ocha.db")
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A server running in this process through `server::run`, on a free port
+/// of 127.0.0.1 and a database file.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub keys: Keys,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+impl TestServer {
+    pub async fn start(database: &Path) -> TestServer {
+        let store = Store::open(&Database::File(database.to_owned()))
+            .await
+            .expect("open the database");
+        let keys = Keys::from_secret(SECRET.as_bytes());
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let app = App::new(store, keys.clone(), Hub::default());
+        let task = tokio::spawn(server::run(listener, app, async {
+            let _ = stopped.await;
+        }));
+        TestServer {
+            addr,
+            keys,
+            stop,
+            task,
+        }
+    }
+
+    pub fn admin_token(&self) -> String {
+        self.token("admin")
+    }
+
+    pub fn token(&self, role: &str) -> String {
+        self.keys
+            .issue("65643f1adeadbeef010a0b0c", role, Duration::from_secs(600))
+    }
+
+    /// Asks the server to shut down, without waiting.
+    pub fn begin_shutdown(self) -> JoinHandle<()> {
+        let _ = self.stop.send(());
+        self.task
+    }
+
+    /// Shuts the server down and waits until `run` has returned.
+    pub async fn stop(self) {
+        let task = self.begin_shutdown();
+        tokio::time::timeout(PATIENCE, task)
+            .await
+            .expect("server stops in time")
+            .expect("server task does not panic");
+    }
+}
+
+/// A response, fully read.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn text(&self) -> &str {
+        std::str::from_utf8(&self.body).expect("UTF-8 body")
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).expect("JSON body")
+    }
+
+    /// Asserts the status, `content-type: application/json` and the exact body.
+    pub fn assert_json(&self, status: u16, body: &str) {
+        assert_eq!(
+            (self.status.as_u16(), self.text()),
+            (status, body),
+            "unexpected reply"
+        );
+        self.assert_json_type();
+    }
+
+    pub fn assert_json_type(&self) {
+        assert_eq!(self.headers["content-type"], "application/json");
+    }
+}
+
+/// Sends one request on a fresh connection.
+pub async fn send(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    body: impl Into<Bytes>,
+) -> Reply {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("HTTP handshake");
+    tokio::spawn(connection);
+
+    let mut request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string())
+        .header("content-type", "application/json");
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    let request = request.body(Full::new(body.into())).unwrap();
+    let response = tokio::time::timeout(PATIENCE, sender.send_request(request))
+        .await
+        .expect("response in time")
+        .expect("response");
+    let (parts, body) = response.into_parts();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body: body.collect().await.expect("read body").to_bytes(),
+    }
+}
+
+pub async fn get(addr: SocketAddr, path: &str) -> Reply {
+    send(addr, Method::GET, path, None, Bytes::new()).await
+}
+
+pub async fn post_product(addr: SocketAddr, token: Option<&str>, body: &Value) -> Reply {
+    send(
+        addr,
+        Method::POST,
+        "/api/v1/products",
+        token,
+        body.to_string(),
+    )
+    .await
+}
+
+/// A valid creation body; `n` makes slug and name unique.
+pub fn product_body(n: u32) -> Value {
+    json!({
+        "slug": format!("matcha-latte-{n}"),
+        "name": format!("Matcha Latte {n}"),
+        "category": "tea",
+        "description": "Ceremonial matcha with oat milk",
+        "basePriceCHF": 6.5,
+        "image": "/img/matcha.png"
+    })
+}
+
+/// Creates a product and returns the 201 reply.
+pub async fn create(server: &TestServer, n: u32) -> Reply {
+    let reply = post_product(server.addr, Some(&server.admin_token()), &product_body(n)).await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
+    reply
+}
+
+/// The exact bytes of the product document inside a 201 body.
+pub fn raw_product(created: &Reply) -> &str {
+    created
+        .text()
+        .strip_prefix(r#"{"message":"Product created","product":"#)
+        .and_then(|rest| rest.strip_suffix('}'))
+        .expect("a 201 body")
+}
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Connects a WebSocket client to `/` and reads the welcome.
+pub async fn ws_connect(addr: SocketAddr) -> Ws {
+    let (mut ws, response) = tokio_tungstenite::connect_async(format!("ws://{addr}/"))
+        .await
+        .expect("WebSocket handshake");
+    assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+    assert_eq!(next_text(&mut ws).await, ocha_realtime::OCHA_WELCOME);
+    ws
+}
+
+/// The next message, skipping pings and pongs; `None` once the stream ends.
+pub async fn next_message(ws: &mut Ws) -> Option<Message> {
+    loop {
+        let message = tokio::time::timeout(PATIENCE, ws.next())
+            .await
+            .expect("a message in time")?
+            .expect("a readable message");
+        if !matches!(message, Message::Ping(_) | Message::Pong(_)) {
+            return Some(message);
+        }
+    }
+}
+
+pub async fn next_text(ws: &mut Ws) -> String {
+    match next_message(ws).await {
+        Some(Message::Text(text)) => text.as_str().to_owned(),
+        other => panic!("expected a text message, got {other:?}"),
+    }
+}
+
+/// Asserts that no data message arrives for [`QUIET`].
+pub async fn assert_quiet(ws: &mut Ws) {
+    if let Ok(message) = tokio::time::timeout(QUIET, next_message(ws)).await {
+        panic!("expected silence, got {message:?}");
+    }
+}
+
+/// Reads the close frame and returns its code, then completes the closing
+/// handshake as a browser does (reply, then wait for the server to hang up).
+pub async fn close_code(ws: &mut Ws) -> u16 {
+    let code = match next_message(ws).await {
+        Some(Message::Close(Some(frame))) => frame.code.into(),
+        other => panic!("expected a close frame, got {other:?}"),
+    };
+    // Polling on sends the queued reply; the stream then ends.
+    let drained = tokio::time::timeout(PATIENCE, async {
+        while let Some(Ok(_)) = ws.next().await {}
+    });
+    drained
+        .await
+        .expect("the server hangs up after the closing handshake");
+    code
+}
+
+/// The compiled `ocha-server` binary, with a clean environment: no
+/// inherited `PORT`, `HOST`, `DATABASE_URL`, `JWT_SECRET` or `RUST_LOG`.
+pub fn binary() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ocha-server"));
+    for name in ["PORT", "HOST", "DATABASE_URL", "JWT_SECRET", "RUST_LOG"] {
+        command.env_remove(name);
+    }
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    command
+}
+
+/// Waits until the server at `addr` answers its health check.
+pub async fn wait_healthy(child: &mut Child, addr: SocketAddr) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("server exited early with {status}: {}", stderr(child).await);
+        }
+        if let Ok(stream) = TcpStream::connect(addr).await {
+            drop(stream);
+            let reply = get(addr, "/api/v1/health").await;
+            assert_eq!((reply.status.as_u16(), reply.text()), (200, "Ignition!"));
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "server at {addr} not up in time"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Sends SIGTERM to the process.
+pub fn sigterm(child: &Child) {
+    let pid = child.id().expect("the process is running");
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+}
+
+/// Waits for the process to exit.
+pub async fn exit_status(child: &mut Child) -> ExitStatus {
+    tokio::time::timeout(PATIENCE, child.wait())
+        .await
+        .expect("the process exits in time")
+        .expect("wait for the process")
+}
+
+/// Everything the process wrote to stderr (call after it exited).
+pub async fn stderr(child: &mut Child) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut text = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        let _ = pipe.read_to_string(&mut text).await;
+    }
+    text
+}
+
+/// A port below the ephemeral range that nothing listens on right now.
+pub fn free_low_port() -> u16 {
+    static CALLS: AtomicUsize = AtomicUsize::new(0);
+    // Spread test processes, and calls within one, over 20000..32000 so
+    // concurrent tests do not probe the same port first.
+    let call = CALLS.fetch_add(1, Ordering::Relaxed);
+    let offset = (std::process::id() as usize * 37 + call * 1009) % 12_000;
+    let start = 20_000 + offset as u16;
+    (start..32_000)
+        .chain(20_000..start)
+        .find(|&port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok())
+        .expect("a free port")
+}
