@@ -10,9 +10,10 @@
 //! A trailing slash is ignored, as Express does. Other paths answer 404 and
 //! other methods 405, both as JSON.
 
+use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use hyper::body::{Body as HttpBody, Bytes};
+use hyper::body::Body as HttpBody;
 use ocha_realtime::{Event, HandshakeError, Hub, Product};
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -106,12 +107,17 @@ impl App {
         self.keys.authorize_admin(request.headers())?;
         let body = read_body(request.into_body()).await?;
         let product = NewProduct::from_json(&body)?.into_product(OffsetDateTime::now_utc());
-        // Broadcast only what the database has committed.
-        let product = self.store.insert(product).await?;
-        let reached = self.hub.publish(&Event::NewProduct {
-            product: product.clone(),
-        });
-        tracing::debug!(id = %product.id, reached, "product created and broadcast");
+        let hub = self.hub.clone();
+        // Publishing from the commit hook broadcasts exactly the committed
+        // products, in commit order, even if this request is dropped while it
+        // waits (hyper drops it when the client hangs up).
+        let publish = move |product: &Product| {
+            let reached = hub.publish(&Event::NewProduct {
+                product: product.clone(),
+            });
+            tracing::debug!(id = %product.id, reached, "product broadcast");
+        };
+        let product = self.store.insert(product, publish).await?;
         Ok(response::json(
             StatusCode::CREATED,
             &WithProduct {

@@ -141,9 +141,16 @@ impl Store {
 
     /// Inserts a product and returns it once committed.
     ///
+    /// `on_commit` runs on the database thread right after the commit: it
+    /// runs even if the caller stops waiting, once per committed product and
+    /// in commit order. It must not block.
+    ///
     /// When both the slug and the name are taken, reports the slug, as the
     /// Ocha API checks it first.
-    pub async fn insert(&self, product: Product) -> Result<Product, StoreError> {
+    pub async fn insert<F>(&self, product: Product, on_commit: F) -> Result<Product, StoreError>
+    where
+        F: FnOnce(&Product) + Send + 'static,
+    {
         self.call(move |connection| {
             let inserted = connection.execute(
                 &format!(
@@ -166,7 +173,10 @@ impl Store {
                 ],
             );
             match inserted.map_err(StoreError::from) {
-                Ok(_) => Ok(product),
+                Ok(_) => {
+                    on_commit(&product);
+                    Ok(product)
+                }
                 // SQLite names only one violated index, in no documented order.
                 Err(StoreError::NameTaken) if slug_exists(connection, &product.slug)? => {
                     Err(StoreError::SlugTaken)
@@ -325,7 +335,7 @@ mod tests {
     #[tokio::test]
     async fn round_trips_products() {
         let store = Store::open(&Database::Memory).await.unwrap();
-        let stored = store.insert(product(1, false)).await.unwrap();
+        let stored = store.insert(product(1, false), |_| {}).await.unwrap();
         assert_eq!(stored, product(1, false));
         assert_eq!(
             store.find(product(1, false).id).await.unwrap(),
@@ -338,21 +348,50 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn on_commit_runs_once_per_commit_even_when_the_caller_gives_up() {
+        let store = Store::open(&Database::Memory).await.unwrap();
+        let (committed, commits) = mpsc::channel();
+        let notify = |committed: &mpsc::Sender<String>| {
+            let committed = committed.clone();
+            move |product: &Product| committed.send(product.slug.clone()).unwrap()
+        };
+
+        // Dropped right after handing the job over (the client hung up).
+        let _ = tokio::time::timeout(
+            std::time::Duration::ZERO,
+            store.insert(product(1, true), notify(&committed)),
+        )
+        .await;
+        // Jobs run in order, so this conflict proves the first one committed.
+        assert!(matches!(
+            store.insert(product(1, true), notify(&committed)).await,
+            Err(StoreError::SlugTaken)
+        ));
+        store
+            .insert(product(2, true), notify(&committed))
+            .await
+            .unwrap();
+
+        drop(committed);
+        assert_eq!(commits.iter().collect::<Vec<_>>(), ["tea-1", "tea-2"]);
+    }
+
+    #[tokio::test]
     async fn the_database_enforces_unique_slugs_and_names() {
         let store = Store::open(&Database::Memory).await.unwrap();
-        store.insert(product(1, true)).await.unwrap();
+        store.insert(product(1, true), |_| {}).await.unwrap();
 
         let mut same_slug = product(2, true);
         same_slug.slug = "tea-1".into();
         assert!(matches!(
-            store.insert(same_slug).await,
+            store.insert(same_slug, |_| {}).await,
             Err(StoreError::SlugTaken)
         ));
 
         let mut same_name = product(3, true);
         same_name.name = "Tea 1".into();
         assert!(matches!(
-            store.insert(same_name).await,
+            store.insert(same_name, |_| {}).await,
             Err(StoreError::NameTaken)
         ));
 
@@ -361,7 +400,7 @@ mod tests {
         both.slug = "tea-1".into();
         both.name = "Tea 1".into();
         assert!(matches!(
-            store.insert(both).await,
+            store.insert(both, |_| {}).await,
             Err(StoreError::SlugTaken)
         ));
 
@@ -373,7 +412,7 @@ mod tests {
         let store = Store::open(&Database::Memory).await.unwrap();
         // Ids in descending order, so only the rowid explains the listing order.
         for n in (1..=5).rev() {
-            store.insert(product(n, n % 2 == 1)).await.unwrap();
+            store.insert(product(n, n % 2 == 1), |_| {}).await.unwrap();
         }
         let slugs = |page: Page| {
             page.products
@@ -414,7 +453,7 @@ mod tests {
         let database = Database::File(dir.path().join("products.db"));
 
         let store = Store::open(&database).await.unwrap();
-        store.insert(product(1, true)).await.unwrap();
+        store.insert(product(1, true), |_| {}).await.unwrap();
         drop(store);
 
         let mode: String = Connection::open(dir.path().join("products.db"))

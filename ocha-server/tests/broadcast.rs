@@ -211,3 +211,47 @@ async fn refused_handshakes_get_the_hubs_answer() {
     }
     server.stop().await;
 }
+
+#[tokio::test]
+async fn commits_and_broadcasts_stay_paired_when_clients_hang_up() {
+    let dir = TempDir::new("hang-up");
+    let server = TestServer::start(&dir.database()).await;
+    let mut client = ws_connect(server.addr).await;
+
+    // Complete requests whose senders hang up at once: hyper may drop the
+    // handler anywhere, yet every committed product must be broadcast.
+    for n in 1..=5 {
+        let body = product_body(n).to_string();
+        let mut stream = TcpStream::connect(server.addr).await.unwrap();
+        let request = format!(
+            "POST /api/v1/products HTTP/1.1\r\nhost: {}\r\nauthorization: Bearer {}\r\n\
+             content-length: {}\r\n\r\n{body}",
+            server.addr,
+            server.admin_token(),
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        drop(stream);
+    }
+    create(&server, 99).await;
+
+    let mut broadcast = Vec::new();
+    while let Ok(message) = tokio::time::timeout(QUIET, next_text(&mut client)).await {
+        let event: Value = serde_json::from_str(&message).unwrap();
+        broadcast.push(event["product"]["slug"].as_str().unwrap().to_owned());
+    }
+    let listing = get(server.addr, "/api/v1/products?limit=100").await.json();
+    let mut committed: Vec<String> = listing["products"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|product| product["slug"].as_str().unwrap().to_owned())
+        .collect();
+    broadcast.sort();
+    committed.sort();
+    assert_eq!(broadcast, committed);
+    assert!(committed.contains(&"matcha-latte-99".to_owned()));
+
+    drop(client);
+    server.stop().await;
+}
