@@ -86,6 +86,24 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageE
     }
 }
 
+/// The options of `token`.
+#[derive(Clone, Copy)]
+enum TokenOption {
+    Role,
+    Id,
+    Ttl,
+}
+
+impl TokenOption {
+    fn flag(self) -> &'static str {
+        match self {
+            TokenOption::Role => "--role",
+            TokenOption::Id => "--id",
+            TokenOption::Ttl => "--ttl",
+        }
+    }
+}
+
 fn parse_token(
     mut args: impl Iterator<Item = Result<String, UsageError>>,
 ) -> Result<Command, UsageError> {
@@ -98,27 +116,24 @@ fn parse_token(
             }
             _ => (arg, None),
         };
-        let name: &'static str = match flag.as_str() {
-            "--role" => "--role",
-            "--id" => "--id",
-            "--ttl" => "--ttl",
+        let option = match flag.as_str() {
+            "--role" => TokenOption::Role,
+            "--id" => TokenOption::Id,
+            "--ttl" => TokenOption::Ttl,
             "-h" | "--help" => return Ok(Command::Help),
             _ => return Err(UsageError::Unexpected(flag)),
         };
         let value = match inline {
             Some(value) => value,
-            None => args
-                .next()
-                .transpose()?
-                .ok_or(UsageError::MissingValue(name))?,
+            None => args.next().transpose()?.unwrap_or_default(),
         };
         if value.is_empty() {
-            return Err(UsageError::MissingValue(name));
+            return Err(UsageError::MissingValue(option.flag()));
         }
-        match name {
-            "--role" => role = Some(value),
-            "--id" => id = Some(value),
-            _ => ttl = parse_ttl(&value)?,
+        match option {
+            TokenOption::Role => role = Some(value),
+            TokenOption::Id => id = Some(value),
+            TokenOption::Ttl => ttl = parse_ttl(&value)?,
         }
     }
     Ok(Command::Token(TokenRequest {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper::Request;
+use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use ocha_realtime::Hub;
 use thiserror::Error;
@@ -20,6 +20,7 @@ use tracing::{debug, info, warn};
 use crate::api::App;
 use crate::auth::{Keys, ADMIN_ROLE, DEFAULT_TTL};
 use crate::config::Config;
+use crate::response::Body;
 use crate::store::{Store, StoreError};
 
 /// How long shutdown waits for WebSocket closes and in-flight requests.
@@ -131,11 +132,7 @@ fn spawn_connection(stream: TcpStream, peer: SocketAddr, app: App, mut stop: wat
     });
 }
 
-async fn handle_logged(
-    app: &App,
-    peer: SocketAddr,
-    request: Request<Incoming>,
-) -> hyper::Response<crate::response::Body> {
+async fn handle_logged(app: &App, peer: SocketAddr, request: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_owned();

@@ -145,8 +145,9 @@ impl Store {
     /// runs even if the caller stops waiting, once per committed product and
     /// in commit order. It must not block.
     ///
-    /// When both the slug and the name are taken, reports the slug, as the
-    /// Ocha API checks it first.
+    /// When both the slug and the name are taken, reports the slug: the API
+    /// contract lists that conflict first, and SQLite alone would name
+    /// either.
     pub async fn insert<F>(&self, product: Product, on_commit: F) -> Result<Product, StoreError>
     where
         F: FnOnce(&Product) + Send + 'static,
@@ -395,7 +396,7 @@ mod tests {
             Err(StoreError::NameTaken)
         ));
 
-        // With both taken, the slug is reported, as the Ocha API checks it first.
+        // With both taken, the slug is reported, whichever index SQLite names.
         let mut both = product(4, true);
         both.slug = "tea-1".into();
         both.name = "Tea 1".into();
