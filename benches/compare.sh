@@ -3,16 +3,17 @@
 # another under the same load (the `loadgen` binary, latency and back-to-back
 # modes) and prints one markdown table of the figures, with ratios to Node.
 #
-# Usage: benches/compare.sh [--clients N] [--events M] [--interval-ms MS]
+# Usage: benches/compare.sh [--clients N] [--events M] [--interval-ms MS] [--repeat R]
 #                           [--servers "ocha node floor"] [--out DIR] [-- LOADGEN_ARGS...]
 # The same settings can come from the environment: CLIENTS (default 10000),
-# EVENTS (30), INTERVAL_MS (200), SERVERS, OUT_DIR, BASE_PORT (5111: ocha
-# takes it, node +1, floor +2), ANCHORS (default ../shared/anchors beside the
-# repository), JWT_SECRET.
+# EVENTS (30), INTERVAL_MS (200), REPEAT (1), SERVERS, OUT_DIR, BASE_PORT
+# (5111: ocha takes it, node +1, floor +2), ANCHORS (default ../shared/anchors
+# beside the repository), JWT_SECRET.
 #
 # Every run gets a freshly started server, so that RSS is measured from a
 # clean baseline and nothing is left over from the previous run (the floor
-# never notices closed clients and would run out of file descriptors).
+# never notices closed clients and would run out of file descriptors). With
+# --repeat R each figure is the median of R runs, and "lost" their sum.
 # Exits 1 if a server could not be started or a run lost, duplicated or
 # reordered anything or had a failed connection; the table is printed anyway.
 set -euo pipefail
@@ -21,6 +22,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 clients=${CLIENTS:-10000}
 events=${EVENTS:-30}
 interval_ms=${INTERVAL_MS:-200}
+repeat=${REPEAT:-1}
 servers=${SERVERS:-ocha node floor}
 out=${OUT_DIR:-}
 base_port=${BASE_PORT:-5111}
@@ -33,10 +35,11 @@ while [ $# -gt 0 ]; do
         --clients) clients=$2; shift 2 ;;
         --events) events=$2; shift 2 ;;
         --interval-ms) interval_ms=$2; shift 2 ;;
+        --repeat) repeat=$2; shift 2 ;;
         --servers) servers=$2; shift 2 ;;
         --out) out=$2; shift 2 ;;
         --) shift; extra=("$@"); break ;;
-        -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "compare.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -117,38 +120,43 @@ failed=0
 echo "results and logs in $out" >&2
 for s in $servers; do
     case $s in ocha) port=$base_port ;; node) port=$((base_port + 1)) ;; floor) port=$((base_port + 2)) ;; esac
-    for mode in interval b2b; do
-        flags=(--interval-ms "$interval_ms")
-        [ $mode = b2b ] && flags=(--back-to-back)
-        rm -f "$out/$s-$mode.db"
-        start_server "$s" "$port" "$out/$s-$mode.server.log" "$out/$s-$mode.db"
-        echo "== $s ($mode) on port $port, pid $measured_pid: $clients clients × $events events" >&2
-        rc=0
-        "$loadgen" --url "http://127.0.0.1:$port" --clients "$clients" --events "$events" \
-            --server-pid "$measured_pid" --jwt-secret "$secret" --json "${flags[@]}" "${extra[@]}" \
-            >"$out/$s-$mode.json" 2>"$out/$s-$mode.loadgen.log" || rc=$?
-        stop_server
-        if [ $rc -ne 0 ]; then
-            failed=1
-            if [ $rc -ne 1 ] || [ ! -s "$out/$s-$mode.json" ]; then
-                echo "   loadgen could not run (exit $rc):" >&2
-                tail -n 5 "$out/$s-$mode.loadgen.log" >&2
-                rm -f "$out/$s-$mode.json"
+    for rep in $(seq "$repeat"); do
+        for mode in interval b2b; do
+            flags=(--interval-ms "$interval_ms")
+            [ $mode = b2b ] && flags=(--back-to-back)
+            run=$out/$s-$mode-$rep
+            rm -f "$run.db"
+            start_server "$s" "$port" "$run.server.log" "$run.db"
+            echo "== $s ($mode, run $rep/$repeat) on port $port, pid $measured_pid:" \
+                "$clients clients × $events events" >&2
+            rc=0
+            "$loadgen" --url "http://127.0.0.1:$port" --clients "$clients" --events "$events" \
+                --server-pid "$measured_pid" --jwt-secret "$secret" --json "${flags[@]}" "${extra[@]}" \
+                >"$run.json" 2>"$run.loadgen.log" || rc=$?
+            stop_server
+            if [ $rc -ne 0 ]; then
+                failed=1
+                if [ $rc -ne 1 ] || [ ! -s "$run.json" ]; then
+                    echo "   loadgen could not run (exit $rc):" >&2
+                    tail -n 5 "$run.loadgen.log" >&2
+                    rm -f "$run.json"
+                fi
             fi
-        fi
+        done
     done
 done
 
 # --- table ---------------------------------------------------------------
-python3 - "$out" "$clients" "$events" "$interval_ms" $servers <<'EOF'
-import json, os, platform, sys
+python3 - "$out" "$clients" "$events" "$interval_ms" "$repeat" $servers <<'EOF'
+import json, os, platform, statistics, sys
 
-out, clients, events, interval_ms, servers = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5:]
+out, clients, events, interval_ms, repeat = sys.argv[1:6]
+servers = sys.argv[6:]
 names = {"ocha": "ocha-server", "node": "Node http + `ws`", "floor": "floor (one thread, direct writes)"}
 
-def load(server, mode):
+def load(server, mode, rep):
     try:
-        with open(os.path.join(out, f"{server}-{mode}.json")) as f:
+        with open(os.path.join(out, f"{server}-{mode}-{rep}.json")) as f:
             return json.load(f)
     except (OSError, ValueError):
         return None
@@ -160,18 +168,26 @@ def get(report, *path):
         report = report.get(key)
     return report
 
+def median(reports, *path):
+    values = [v for v in (get(r, *path) for r in reports) if v is not None]
+    return statistics.median(values) if values else None
+
 rows = {}
 for s in servers:
-    lat, b2b = load(s, "interval"), load(s, "b2b")
-    lost = [get(r, "deliveries", "lost") for r in (lat, b2b)]
+    reps = range(1, int(repeat) + 1)
+    lat = [load(s, "interval", i) for i in reps]
+    b2b = [load(s, "b2b", i) for i in reps]
+    lost = [get(r, "deliveries", "lost") for r in lat + b2b]
     rows[s] = {
-        "rss": get(lat, "server", "rss_per_idle_conn_kib"),
-        "cpu": get(lat, "server", "cpu_us_per_delivery"),
-        "all_p50": get(lat, "deliveries", "all_clients_ms", "p50"),
-        "p99": get(lat, "deliveries", "latency_ms", "p99"),
-        "rate": get(b2b, "deliveries", "deliveries_per_s"),
+        "rss": median(lat, "server", "rss_per_idle_conn_kib"),
+        "cpu": median(lat, "server", "cpu_us_per_delivery"),
+        "all_p50": median(lat, "deliveries", "all_clients_ms", "p50"),
+        "p99": median(lat, "deliveries", "latency_ms", "p99"),
+        "rate": median(b2b, "deliveries", "deliveries_per_s"),
         "lost": None if None in lost else sum(lost),
-        "failures": [f"{mode}: {f}" for mode, r in (("interval", lat), ("b2b", b2b))
+        "failures": [f"{mode} run {i}: {f}"
+                     for mode, runs in (("interval", lat), ("b2b", b2b))
+                     for i, r in zip(reps, runs)
                      for f in (get(r, "failures") or (["no result"] if r is None else []))],
     }
 
@@ -182,9 +198,10 @@ def ratio(v, ref):
     return "n/a" if v is None or not ref else f"{v / ref:.2f}×"
 
 node = rows.get("node", {})
-print(f"{clients} clients, {events} events ({interval_ms} ms apart for latency, back-to-back for throughput); "
-      f"{os.cpu_count()} cores, Linux {platform.release()}; server CPU and RSS from /proc, "
-      f"loadgen on the same machine.\n")
+runs = "one run" if repeat == "1" else f"median of {repeat} runs"
+print(f"{clients} clients, {events} events ({interval_ms} ms apart for latency, back-to-back for throughput), "
+      f"{runs} per mode, each on a fresh server; {os.cpu_count()} cores, Linux {platform.release()}; "
+      f"server CPU and RSS from /proc, loadgen (one thread) on the same machine.\n")
 print("| server | RSS/idle conn (KiB) | CPU/delivery (µs) | CPU vs Node | all-clients p50 (ms) "
       "| p99 latency (ms) | deliveries/s (b2b) | b2b vs Node | lost |")
 print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")

@@ -678,6 +678,8 @@ struct Report {
     /// The load generator's own CPU time per delivery, to judge whether the
     /// client side was the bottleneck.
     loadgen_cpu_us_per_delivery: Option<f64>,
+    /// The load generator's own peak RSS.
+    loadgen_peak_rss_kib: Option<u64>,
     slow: Option<SlowReport>,
     elapsed_s: f64,
     failures: Vec<String>,
@@ -910,6 +912,7 @@ async fn run(args: Args) -> Result<Report, String> {
         server,
         server_error: probe.error.take(),
         loadgen_cpu_us_per_delivery: loadgen_cpu,
+        loadgen_peak_rss_kib: procfs::memory(None).ok().map(|m| m.peak_kib),
         slow,
         elapsed_s: epoch.elapsed().as_secs_f64(),
         failures: Vec::new(),
@@ -1004,9 +1007,10 @@ fn print_table(r: &Report) {
         },
     }
     println!(
-        "  loadgen CPU      {} per delivery",
+        "  loadgen          {} CPU per delivery, peak RSS {} KiB",
         r.loadgen_cpu_us_per_delivery
-            .map_or("-".into(), |v| format!("{v:.2} µs"))
+            .map_or("-".into(), |v| format!("{v:.2} µs")),
+        r.loadgen_peak_rss_kib.map_or("-".into(), |v| v.to_string())
     );
     if let Some(s) = &r.slow {
         println!(
