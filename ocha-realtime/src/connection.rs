@@ -174,44 +174,35 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
         }
         Pin::new(&mut self.io).poll_flush(cx)
     }
-}
 
-impl<IO: AsyncRead + AsyncWrite + Unpin> Future for Connection<IO> {
-    type Output = ();
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let this = self.get_mut();
+    /// Moves the connection forward as far as it can go without waiting.
+    fn drive(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         loop {
-            if let Some(closing) = &mut this.closing {
-                if closing.deadline.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(());
-                }
-            }
-            if let ReadOutcome::Ended = this.poll_read(cx) {
+            if let ReadOutcome::Ended = self.poll_read(cx) {
                 return Poll::Ready(());
             }
-            let queued_before = this.sending.len();
-            if this.closing.is_none() {
-                match this.outbox.poll_take(&mut this.sending, cx) {
+            let queued_before = self.sending.len();
+            if self.closing.is_none() {
+                match self.outbox.poll_take(&mut self.sending, cx) {
                     None => {}
                     Some(CloseReason::HeartbeatTimeout) => return Poll::Ready(()),
                     Some(CloseReason::GoingAway) => {
                         let close = frame::close(Some(CloseCode::Away), "server shutting down");
-                        this.start_close(close, true, true);
+                        self.start_close(close, true, true);
                     }
                     Some(CloseReason::SlowConsumer) => {
                         let close = frame::close(Some(SLOW_CONSUMER), "slow consumer");
-                        this.start_close(close, false, true);
+                        self.start_close(close, false, true);
                     }
                 }
             }
-            let took = this.sending.len() > queued_before;
-            match this.poll_write(cx) {
+            let took = self.sending.len() > queued_before;
+            match self.poll_write(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(_)) => return Poll::Ready(()),
                 Poll::Ready(Ok(())) => {}
             }
-            let Some(closing) = &mut this.closing else {
+            let Some(closing) = &mut self.closing else {
                 if took {
                     // Frames taken this round are written; more may have come.
                     continue;
@@ -219,7 +210,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Future for Connection<IO> {
                 return Poll::Pending;
             };
             if !closing.sent {
-                if ready!(Pin::new(&mut this.io).poll_shutdown(cx)).is_err() {
+                if ready!(Pin::new(&mut self.io).poll_shutdown(cx)).is_err() {
                     return Poll::Ready(());
                 }
                 closing.sent = true;
@@ -230,6 +221,20 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Future for Connection<IO> {
             } else {
                 Poll::Ready(())
             };
+        }
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> Future for Connection<IO> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        let progress = this.drive(cx);
+        match &mut this.closing {
+            // However the close is stuck, the deadline ends it.
+            Some(closing) if progress.is_pending() => closing.deadline.as_mut().poll(cx),
+            _ => progress,
         }
     }
 }

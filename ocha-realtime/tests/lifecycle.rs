@@ -146,9 +146,28 @@ async fn shutdown_closes_every_client_with_1001_and_refuses_newcomers() {
 }
 
 #[tokio::test]
-async fn shutdown_returns_at_its_deadline_when_a_client_never_answers() {
-    let (hub, addr) = serve(Config::default()).await;
+async fn a_client_that_never_answers_the_close_is_dropped_at_the_close_timeout() {
+    let close_timeout = Duration::from_millis(300);
+    let (hub, addr) = serve(Config::default().close_timeout(close_timeout)).await;
     // Completes the handshake, then neither reads nor answers the close.
+    let mut mute = TcpStream::connect(addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut mute, upgrade_request("").as_bytes())
+        .await
+        .unwrap();
+    eventually("it is connected", || hub.stats().connections == 1).await;
+    let started = Instant::now();
+    hub.shutdown(Duration::from_secs(5)).await;
+    let waited = started.elapsed();
+    assert!(
+        waited >= close_timeout && waited < Duration::from_secs(2),
+        "{waited:?}"
+    );
+    assert_eq!(hub.stats().connections, 0);
+}
+
+#[tokio::test]
+async fn shutdown_returns_at_its_deadline() {
+    let (hub, addr) = serve(Config::default()).await;
     let mut mute = TcpStream::connect(addr).await.unwrap();
     tokio::io::AsyncWriteExt::write_all(&mut mute, upgrade_request("").as_bytes())
         .await
