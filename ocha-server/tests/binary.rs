@@ -9,27 +9,7 @@ use std::process::Stdio;
 use common::*;
 use http::StatusCode;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdout};
-
-/// Starts the binary on `port` of 127.0.0.1 with a database in `dir`.
-fn start_on(port: u16, dir: &TempDir) -> Child {
-    binary()
-        .env("PORT", port.to_string())
-        .env("HOST", "127.0.0.1")
-        .env(
-            "DATABASE_URL",
-            format!("sqlite:{}", dir.database().display()),
-        )
-        .env("JWT_SECRET", SECRET)
-        .spawn()
-        .expect("start ocha-server")
-}
-
-async fn stop(child: &mut Child) {
-    sigterm(child);
-    let status = exit_status(child).await;
-    assert_eq!(status.code(), Some(0), "{}", stderr(child).await);
-}
+use tokio::process::ChildStdout;
 
 /// Runs `ocha-server token ...` and returns (exit code, stdout, stderr).
 async fn token_command(args: &[&str], secret: Option<&str>) -> (i32, String, String) {
@@ -72,26 +52,26 @@ async fn serves_on_port_5001_of_every_interface_by_default() {
         .spawn()
         .unwrap();
     wait_healthy(&mut child, "127.0.0.1:5001".parse().unwrap()).await;
-    stop(&mut child).await;
+    stop_binary(&mut child).await;
 }
 
 #[tokio::test]
 async fn serves_on_the_configured_port() {
     let dir = TempDir::new("port");
     let port = free_low_port();
-    let mut child = start_on(port, &dir);
+    let mut child = start_binary(port, &dir);
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     wait_healthy(&mut child, addr).await;
     // WebSocket clients join on the same port.
     drop(ws_connect(addr).await);
-    stop(&mut child).await;
+    stop_binary(&mut child).await;
 }
 
 #[tokio::test]
 async fn sigterm_closes_every_websocket_with_1001_and_exits_0() {
     let dir = TempDir::new("sigterm");
     let port = free_low_port();
-    let mut child = start_on(port, &dir);
+    let mut child = start_binary(port, &dir);
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     wait_healthy(&mut child, addr).await;
     let mut clients = [
@@ -119,7 +99,7 @@ async fn the_token_command_prints_tokens_the_server_accepts() {
 
     let dir = TempDir::new("token");
     let port = free_low_port();
-    let mut child = start_on(port, &dir);
+    let mut child = start_binary(port, &dir);
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     wait_healthy(&mut child, addr).await;
 
@@ -128,7 +108,7 @@ async fn the_token_command_prints_tokens_the_server_accepts() {
     post_product(addr, Some(&user), &product_body(2))
         .await
         .assert_json(403, r#"{"message":"Access restricted to administrators"}"#);
-    stop(&mut child).await;
+    stop_binary(&mut child).await;
 }
 
 #[tokio::test]

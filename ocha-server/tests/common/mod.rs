@@ -101,12 +101,11 @@ impl TestServer {
     }
 
     pub fn admin_token(&self) -> String {
-        self.token("admin")
+        admin_token()
     }
 
     pub fn token(&self, role: &str) -> String {
-        self.keys
-            .issue("65643f1adeadbeef010a0b0c", role, Duration::from_secs(600))
+        token(role)
     }
 
     /// Asks the server to shut down, without waiting.
@@ -123,6 +122,19 @@ impl TestServer {
             .expect("server stops in time")
             .expect("server task does not panic");
     }
+}
+
+/// A token for `role` signed with [`SECRET`], valid for ten minutes.
+pub fn token(role: &str) -> String {
+    Keys::from_secret(SECRET.as_bytes()).issue(
+        "65643f1adeadbeef010a0b0c",
+        role,
+        Duration::from_secs(600),
+    )
+}
+
+pub fn admin_token() -> String {
+    token("admin")
 }
 
 /// A response, fully read.
@@ -304,6 +316,28 @@ pub fn binary() -> Command {
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     command
+}
+
+/// Starts the binary on `port` of 127.0.0.1 with [`SECRET`] and a database
+/// in `dir`.
+pub fn start_binary(port: u16, dir: &TempDir) -> Child {
+    binary()
+        .env("PORT", port.to_string())
+        .env("HOST", "127.0.0.1")
+        .env(
+            "DATABASE_URL",
+            format!("sqlite:{}", dir.database().display()),
+        )
+        .env("JWT_SECRET", SECRET)
+        .spawn()
+        .expect("start ocha-server")
+}
+
+/// Stops the binary with SIGTERM and asserts a clean exit.
+pub async fn stop_binary(child: &mut Child) {
+    sigterm(child);
+    let status = exit_status(child).await;
+    assert_eq!(status.code(), Some(0), "{}", stderr(child).await);
 }
 
 /// Waits until the server at `addr` answers its health check.
