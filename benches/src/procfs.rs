@@ -55,6 +55,74 @@ pub fn parse_netstat(text: &str, prefix: &str, name: &str) -> Option<u64> {
     values.split_whitespace().nth(column)?.parse().ok()
 }
 
+/// Bytes the kernel holds in the send queues of established TCP sockets whose
+/// local port is `port` (the server's side of its connections), from
+/// `/proc/net/tcp` and `/proc/net/tcp6`. RSS does not show this memory.
+pub fn send_queues(port: u16) -> io::Result<SendQueues> {
+    let mut total = SendQueues::default();
+    for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        match fs::read_to_string(file) {
+            Ok(text) => total.add(&parse_send_queues(&text, port)),
+            // A kernel without IPv6 has no tcp6.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(total)
+}
+
+/// Send-queue totals over a set of sockets; see [`send_queues`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SendQueues {
+    /// Sockets with a non-empty send queue.
+    pub sockets: u64,
+    /// Bytes queued over all of them.
+    pub bytes: u64,
+    /// The longest single queue, in bytes.
+    pub max_bytes: u64,
+}
+
+impl SendQueues {
+    fn add(&mut self, other: &SendQueues) {
+        self.sockets += other.sockets;
+        self.bytes += other.bytes;
+        self.max_bytes = self.max_bytes.max(other.max_bytes);
+    }
+}
+
+/// Sums `tx_queue` over the established sockets with local port `port` in
+/// `/proc/net/tcp`-style text (hex fields: `local_address` is `ADDR:PORT`,
+/// `st` 01 is ESTABLISHED, the fifth column is `tx_queue:rx_queue`).
+pub fn parse_send_queues(text: &str, port: u16) -> SendQueues {
+    let mut q = SendQueues::default();
+    for line in text.lines().skip(1) {
+        let mut fields = line.split_whitespace().skip(1);
+        let (Some(local), Some(_remote), Some(state), Some(queues)) =
+            (fields.next(), fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        let local_port = local
+            .rsplit(':')
+            .next()
+            .and_then(|p| u16::from_str_radix(p, 16).ok());
+        if local_port != Some(port) || state != "01" {
+            continue;
+        }
+        let tx = queues
+            .split(':')
+            .next()
+            .and_then(|t| u64::from_str_radix(t, 16).ok())
+            .unwrap_or(0);
+        if tx > 0 {
+            q.sockets += 1;
+            q.bytes += tx;
+            q.max_bytes = q.max_bytes.max(tx);
+        }
+    }
+    q
+}
+
 fn proc_path(pid: Option<u32>, file: &str) -> String {
     match pid {
         Some(pid) => format!("/proc/{pid}/{file}"),
@@ -119,6 +187,24 @@ mod tests {
                     IpExt: 0\n";
         assert_eq!(parse_netstat(text, "TcpExt:", "ListenOverflows"), Some(88));
         assert_eq!(parse_netstat(text, "TcpExt:", "Nope"), None);
+    }
+
+    #[test]
+    fn send_queues_sum_established_sockets_of_the_port() {
+        let text = "  sl  local_address rem_address   st tx_queue rx_queue tr\n\
+            0: 00000000:13F1 00000000:0000 0A 00000000:00000000 00:00000000\n\
+            1: 0100007F:13F1 0200007F:B3A0 01 00000400:00000000 01:00000014\n\
+            2: 0100007F:13F1 0300007F:B3A2 01 00001000:00000000 01:00000014\n\
+            3: 0100007F:13F1 0300007F:B3A4 01 00000000:00000000 00:00000000\n\
+            4: 0200007F:B3A0 0100007F:13F1 01 00000999:00000000 00:00000000\n";
+        assert_eq!(
+            parse_send_queues(text, 0x13F1),
+            SendQueues {
+                sockets: 2,
+                bytes: 0x1400,
+                max_bytes: 0x1000
+            }
+        );
     }
 
     #[test]

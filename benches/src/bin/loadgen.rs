@@ -719,6 +719,12 @@ struct SlowReport {
     closed_without_close_frame: usize,
     closed: usize,
     still_open: usize,
+    /// Bytes queued in the server's kernel send buffers (all its connections
+    /// on the port) after the run, before the slow clients are drained: what
+    /// the server left to the kernel instead of dropping a slow client.
+    server_send_queue_kib: Option<f64>,
+    /// The longest single server-side send queue, in KiB.
+    server_send_queue_max_kib: Option<f64>,
 }
 
 fn cpu_us_per_delivery(ticks: u64, deliveries: u64) -> Option<f64> {
@@ -832,6 +838,7 @@ async fn run(args: Args) -> Result<Report, String> {
     let deliveries = stats::analyze(&recv, &posts.sent);
 
     let slow = if args.slow_clients > 0 {
+        let queues = procfs::send_queues(target.addr.port()).ok();
         let mut set = JoinSet::new();
         for ws in slow_clients {
             set.spawn(probe_slow(ws));
@@ -846,6 +853,8 @@ async fn run(args: Args) -> Result<Report, String> {
             closed_without_close_frame: dropped,
             closed: frame + dropped,
             still_open: count(SlowFate::Open),
+            server_send_queue_kib: queues.map(|q| q.bytes as f64 / 1024.0),
+            server_send_queue_max_kib: queues.map(|q| q.max_bytes as f64 / 1024.0),
         })
     } else {
         None
@@ -1017,6 +1026,11 @@ fn print_table(r: &Report) {
             "  slow clients     {} requested, {} failed to open, {} closed by the server ({} with a Close frame), {} still open",
             s.requested, s.failed_to_open, s.closed, s.closed_with_close_frame, s.still_open
         );
+        if let (Some(total), Some(max)) = (s.server_send_queue_kib, s.server_send_queue_max_kib) {
+            println!(
+                "  server send queues {total:.0} KiB in the kernel after the run (longest {max:.0} KiB)"
+            );
+        }
     }
     if r.foreign_frames > 0 {
         println!("  other frames     {}", r.foreign_frames);
