@@ -59,7 +59,8 @@ usage: loadgen [options]
   --events M                products to create (default 30)
   --interval-ms MS          latency mode: one POST every MS ms (default 200)
   --back-to-back            throughput mode: next POST as soon as the previous answered
-  --server-pid PID          read server RSS and CPU time from /proc/PID
+  --server-pid PID          read server RSS and CPU time from /proc/PID (RSS per idle
+                            connection is only meaningful on a freshly started server)
   --token T                 bearer token to send as is
   --jwt-secret S            mint an HS256 admin token (default $JWT_SECRET or dev-secret)
   --slow-clients K          also open K clients that never read (default 0)
@@ -309,7 +310,8 @@ fn ws_config() -> WebSocketConfig {
 async fn open_once(target: &Target, src: Ipv4Addr, rcvbuf: Option<u32>) -> Result<Ws, String> {
     let socket = TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
     // Let connect() pick the source port per destination instead of bind()
-    // reserving one per source address; tokio has no setter for this.
+    // reserving one per source address; tokio has no setter for this. Best
+    // effort: without it each source address still gives ~28k ports.
     let one: libc::c_int = 1;
     // SAFETY: valid socket fd, pointer and length describe a live c_int.
     unsafe {
@@ -409,7 +411,9 @@ async fn reader(
             Ok(Message::Text(t)) => shared.record(client, t.as_str(), &mut last),
             Ok(Message::Binary(b)) => match std::str::from_utf8(&b) {
                 Ok(t) => shared.record(client, t, &mut last),
-                Err(_) => drop(shared.foreign.fetch_add(1, Relaxed)),
+                Err(_) => {
+                    shared.foreign.fetch_add(1, Relaxed);
+                }
             },
             Ok(Message::Close(_)) | Err(_) => break,
             // tungstenite answers pings by itself on the next read.
@@ -766,6 +770,13 @@ async fn run(args: Args) -> Result<Report, String> {
         connect: ConnectCounters::default(),
     });
 
+    // Fail fast when nothing listens, instead of retrying every client.
+    match timeout(ATTEMPT_TIMEOUT, TcpStream::connect(target.addr)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return Err(format!("cannot connect to {}: {e}", target.addr)),
+        Err(_) => return Err(format!("cannot connect to {}: timed out", target.addr)),
+    }
+
     // Connect phase.
     let baseline = probe.memory();
     eprintln!(
@@ -966,7 +977,7 @@ fn print_table(r: &Report) {
     println!("loadgen run {} against {} ({mode})", r.run_id, r.url);
     let c = &r.connect;
     println!(
-        "  connect          {} ok, {} failed, {} bad welcome, {} retries, {} listen overflows; {:.2} s = {:.0} clients/s",
+        "  connect          {} connected, {} failed, {} bad welcome, {} retries, {} listen overflows; {:.2} s = {:.0} clients/s",
         c.ok,
         c.failed,
         c.bad_welcome,
