@@ -27,6 +27,7 @@ pub struct Config {
     pub(crate) allowed_origins: Option<Vec<String>>,
     pub(crate) max_connections: usize,
     pub(crate) close_timeout: Duration,
+    pub(crate) send_buffer_size: Option<usize>,
 }
 
 impl Default for Config {
@@ -39,6 +40,7 @@ impl Default for Config {
             allowed_origins: None,
             max_connections: usize::MAX,
             close_timeout: Duration::from_secs(5),
+            send_buffer_size: Some(32 * 1024),
         }
     }
 }
@@ -111,6 +113,20 @@ impl Config {
     /// Default: 5 seconds.
     pub fn close_timeout(mut self, timeout: Duration) -> Self {
         self.close_timeout = timeout;
+        self
+    }
+
+    /// The kernel send buffer (`SO_SNDBUF`) of each upgraded TCP socket, or
+    /// `None` to leave it to the operating system.
+    ///
+    /// Linux grows a socket's buffer up to 4 MiB for a client that stops
+    /// reading, so without a cap a slow client hides in kernel memory
+    /// instead of being closed by [`outbound_capacity`](Self::outbound_capacity).
+    /// Linux doubles the value for its bookkeeping.
+    ///
+    /// Default: 32 KiB.
+    pub fn send_buffer_size(mut self, bytes: Option<usize>) -> Self {
+        self.send_buffer_size = bytes;
         self
     }
 }

@@ -135,7 +135,7 @@ impl Hub {
             match upgraded.downcast::<TokioIo<TcpStream>>() {
                 Ok(parts) => {
                     let stream = parts.io.into_inner();
-                    let _ = stream.set_nodelay(true);
+                    tune(&stream, &slot.0.config);
                     let mut connection = Connection::new(slot, stream);
                     // Frames the client sent right behind its handshake. The
                     // bytes are a view of hyper's whole read buffer: let go.
@@ -310,6 +310,19 @@ async fn heartbeat(shared: Weak<Shared>) {
             .heartbeat_timeouts
             .fetch_add(timeouts, Ordering::Relaxed);
         shared.count_slow(overflowed);
+    }
+}
+
+/// Socket options for an upgraded connection. Failing to set them costs
+/// latency or memory, not correctness, so errors are only logged.
+fn tune(stream: &TcpStream, config: &Config) {
+    if let Err(error) = stream.set_nodelay(true) {
+        tracing::debug!(%error, "cannot set TCP_NODELAY");
+    }
+    if let Some(bytes) = config.send_buffer_size {
+        if let Err(error) = socket2::SockRef::from(stream).set_send_buffer_size(bytes) {
+            tracing::debug!(%error, "cannot set SO_SNDBUF");
+        }
     }
 }
 
