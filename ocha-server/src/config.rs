@@ -1,18 +1,29 @@
 //! Configuration from the environment.
 //!
-//! | variable       | default          | meaning                                   |
-//! |----------------|------------------|-------------------------------------------|
-//! | `PORT`         | `5001`           | TCP port for HTTP and WebSocket           |
-//! | `HOST`         | `0.0.0.0`        | IP address to listen on                   |
-//! | `DATABASE_URL` | `sqlite:ocha.db` | `sqlite:<path>` or `sqlite::memory:`      |
-//! | `JWT_SECRET`   | random per run   | HS256 secret shared with the token issuer |
+//! | variable               | default          | meaning                                    |
+//! |------------------------|------------------|--------------------------------------------|
+//! | `PORT`                 | `5001`           | TCP port for HTTP and WebSocket            |
+//! | `HOST`                 | `0.0.0.0`        | IP address to listen on                    |
+//! | `DATABASE_URL`         | `sqlite:ocha.db` | `sqlite:<path>` or `sqlite::memory:`       |
+//! | `JWT_SECRET`           | random per run   | HS256 secret shared with the token issuer  |
+//! | `WS_HEARTBEAT_SECS`    | `30`             | ping period, 1 to 3600 seconds             |
+//! | `WS_OUTBOUND_CAPACITY` | `256`            | messages queued per client before 4008     |
+//! | `WS_SEND_BUFFER_BYTES` | `32768`          | kernel send buffer per socket, or `os`     |
+//! | `WS_MAX_CONNECTIONS`   | unlimited        | open WebSockets; upgrades past it get 503  |
+//! | `WS_MAX_MESSAGE_BYTES` | `65536`          | largest client message; larger gets 1009   |
+//! | `WS_ALLOWED_ORIGINS`   | every origin     | comma-separated exact `Origin` allow-list  |
+//!
+//! The `WS_*` variables tune the [`ocha_realtime::Hub`]; see
+//! [`ocha_realtime::Config`] for what each setting does.
 //!
 //! An empty variable counts as unset, as in most shells' `VAR= cmd`.
 
 use std::ffi::OsString;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use thiserror::Error;
 
@@ -22,6 +33,9 @@ pub const DEFAULT_PORT: u16 = 5001;
 pub const DEFAULT_HOST: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
 /// Database used when `DATABASE_URL` is unset, relative to the working directory.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite:ocha.db";
+/// Longest heartbeat `WS_HEARTBEAT_SECS` accepts: a longer one would keep
+/// dead clients for hours, and is more likely a value in milliseconds.
+pub const MAX_HEARTBEAT_SECS: u64 = 3600;
 
 /// Where products are stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,6 +84,98 @@ pub enum ConfigError {
     /// `DATABASE_URL` is not a SQLite URL.
     #[error("DATABASE_URL must be sqlite:<path> or sqlite::memory:, got {0:?}")]
     DatabaseUrl(String),
+    /// `WS_HEARTBEAT_SECS` is not a number of seconds in range.
+    #[error("WS_HEARTBEAT_SECS must be a whole number of seconds from 1 to {MAX_HEARTBEAT_SECS}, got {0:?}")]
+    Heartbeat(String),
+    /// A `WS_*` count or size is not a positive integer.
+    #[error("{0} must be a positive integer, got {1:?}")]
+    NotPositive(&'static str, String),
+    /// `WS_SEND_BUFFER_BYTES` is neither a size nor `os`.
+    #[error("WS_SEND_BUFFER_BYTES must be a positive number of bytes or \"os\", got {0:?}")]
+    SendBuffer(String),
+    /// `WS_ALLOWED_ORIGINS` holds something that is not an origin.
+    #[error("WS_ALLOWED_ORIGINS must be comma-separated origins such as https://shop.example, got {0:?}")]
+    AllowedOrigins(String),
+}
+
+/// How the WebSocket hub behaves, from the `WS_*` variables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HubSettings {
+    /// From `WS_HEARTBEAT_SECS`.
+    pub heartbeat: Duration,
+    /// From `WS_OUTBOUND_CAPACITY`.
+    pub outbound_capacity: usize,
+    /// From `WS_SEND_BUFFER_BYTES`; `None` leaves it to the operating system.
+    pub send_buffer: Option<usize>,
+    /// From `WS_MAX_CONNECTIONS`; `None` means no limit.
+    pub max_connections: Option<usize>,
+    /// From `WS_MAX_MESSAGE_BYTES`.
+    pub max_message_bytes: usize,
+    /// From `WS_ALLOWED_ORIGINS`; `None` allows every origin.
+    pub allowed_origins: Option<Vec<String>>,
+}
+
+impl Default for HubSettings {
+    /// The defaults of [`ocha_realtime::Config`].
+    fn default() -> Self {
+        HubSettings {
+            heartbeat: Duration::from_secs(30),
+            outbound_capacity: 256,
+            send_buffer: Some(32 * 1024),
+            max_connections: None,
+            max_message_bytes: 64 * 1024,
+            allowed_origins: None,
+        }
+    }
+}
+
+impl HubSettings {
+    /// The hub configuration these settings describe.
+    pub fn realtime_config(&self) -> ocha_realtime::Config {
+        let config = ocha_realtime::Config::default()
+            .heartbeat_interval(self.heartbeat)
+            .outbound_capacity(self.outbound_capacity)
+            .send_buffer_size(self.send_buffer)
+            .max_connections(self.max_connections.unwrap_or(usize::MAX))
+            .max_message_size(self.max_message_bytes);
+        match &self.allowed_origins {
+            Some(origins) => config.allowed_origins(origins),
+            None => config,
+        }
+    }
+
+    fn from_lookup(lookup: &impl Fn(&str) -> Option<OsString>) -> Result<HubSettings, ConfigError> {
+        let defaults = HubSettings::default();
+        let heartbeat = match var(lookup, "WS_HEARTBEAT_SECS")? {
+            Some(secs) => match secs.parse() {
+                Ok(secs @ 1..=MAX_HEARTBEAT_SECS) => Duration::from_secs(secs),
+                _ => return Err(ConfigError::Heartbeat(secs)),
+            },
+            None => defaults.heartbeat,
+        };
+        let send_buffer = match var(lookup, "WS_SEND_BUFFER_BYTES")? {
+            Some(os) if os == "os" => None,
+            Some(bytes) => Some(
+                bytes
+                    .parse::<NonZeroUsize>()
+                    .map_err(|_| ConfigError::SendBuffer(bytes))?
+                    .get(),
+            ),
+            None => defaults.send_buffer,
+        };
+        Ok(HubSettings {
+            heartbeat,
+            outbound_capacity: positive(lookup, "WS_OUTBOUND_CAPACITY")?
+                .unwrap_or(defaults.outbound_capacity),
+            send_buffer,
+            max_connections: positive(lookup, "WS_MAX_CONNECTIONS")?,
+            max_message_bytes: positive(lookup, "WS_MAX_MESSAGE_BYTES")?
+                .unwrap_or(defaults.max_message_bytes),
+            allowed_origins: var(lookup, "WS_ALLOWED_ORIGINS")?
+                .map(|list| origins(&list))
+                .transpose()?,
+        })
+    }
 }
 
 /// Everything the server reads from its environment.
@@ -81,6 +187,8 @@ pub struct Config {
     pub database: Database,
     /// From `JWT_SECRET`; `None` means "generate one for this run".
     pub jwt_secret: Option<String>,
+    /// From the `WS_*` variables.
+    pub hub: HubSettings,
 }
 
 impl fmt::Debug for Config {
@@ -93,6 +201,7 @@ impl fmt::Debug for Config {
                 "jwt_secret",
                 &self.jwt_secret.as_ref().map(|_| "<redacted>"),
             )
+            .field("hub", &self.hub)
             .finish()
     }
 }
@@ -122,6 +231,7 @@ impl Config {
             addr: SocketAddr::new(host, port),
             database,
             jwt_secret: jwt_secret(&lookup)?,
+            hub: HubSettings::from_lookup(&lookup)?,
         })
     }
 }
@@ -147,6 +257,34 @@ fn var(
     }
 }
 
+fn positive(
+    lookup: &impl Fn(&str) -> Option<OsString>,
+    name: &'static str,
+) -> Result<Option<usize>, ConfigError> {
+    var(lookup, name)?
+        .map(|value| match value.parse::<NonZeroUsize>() {
+            Ok(n) => Ok(n.get()),
+            Err(_) => Err(ConfigError::NotPositive(name, value)),
+        })
+        .transpose()
+}
+
+/// Splits `WS_ALLOWED_ORIGINS`. Browsers send `scheme://host[:port]` and
+/// the hub compares exactly, so an entry with a path (even a trailing `/`)
+/// or `*` would silently refuse every browser: reject it instead.
+fn origins(list: &str) -> Result<Vec<String>, ConfigError> {
+    list.split(',')
+        .map(|origin| match origin.trim().split_once("://") {
+            Some((scheme, host))
+                if !scheme.is_empty() && !host.is_empty() && !host.contains('/') =>
+            {
+                Ok(origin.trim().to_owned())
+            }
+            _ => Err(ConfigError::AllowedOrigins(list.to_owned())),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,6 +303,17 @@ mod tests {
         assert_eq!(config.addr, "0.0.0.0:5001".parse().unwrap());
         assert_eq!(config.database, Database::File("ocha.db".into()));
         assert_eq!(config.jwt_secret, None);
+        assert_eq!(config.hub, HubSettings::default());
+    }
+
+    #[test]
+    fn hub_defaults_match_the_library() {
+        // `ocha_realtime::Config` has no accessors or `PartialEq`; its
+        // derived `Debug` shows every field.
+        assert_eq!(
+            format!("{:?}", HubSettings::default().realtime_config()),
+            format!("{:?}", ocha_realtime::Config::default())
+        );
     }
 
     #[test]
@@ -186,10 +335,50 @@ mod tests {
     }
 
     #[test]
+    fn reads_every_hub_variable() {
+        let hub = config(&[
+            ("WS_HEARTBEAT_SECS", "15"),
+            ("WS_OUTBOUND_CAPACITY", "1024"),
+            ("WS_SEND_BUFFER_BYTES", "65536"),
+            ("WS_MAX_CONNECTIONS", "10000"),
+            ("WS_MAX_MESSAGE_BYTES", "4096"),
+            (
+                "WS_ALLOWED_ORIGINS",
+                "https://shop.example, http://localhost:3000",
+            ),
+        ])
+        .unwrap()
+        .hub;
+        assert_eq!(
+            hub,
+            HubSettings {
+                heartbeat: Duration::from_secs(15),
+                outbound_capacity: 1024,
+                send_buffer: Some(65536),
+                max_connections: Some(10_000),
+                max_message_bytes: 4096,
+                allowed_origins: Some(vec![
+                    "https://shop.example".into(),
+                    "http://localhost:3000".into()
+                ]),
+            }
+        );
+        let os = config(&[("WS_SEND_BUFFER_BYTES", "os")]).unwrap().hub;
+        assert_eq!(os.send_buffer, None);
+    }
+
+    #[test]
     fn empty_values_count_as_unset() {
-        let config = config(&[("PORT", ""), ("JWT_SECRET", "")]).unwrap();
+        let config = config(&[
+            ("PORT", ""),
+            ("JWT_SECRET", ""),
+            ("WS_MAX_CONNECTIONS", ""),
+            ("WS_ALLOWED_ORIGINS", ""),
+        ])
+        .unwrap();
         assert_eq!(config.addr.port(), DEFAULT_PORT);
         assert_eq!(config.jwt_secret, None);
+        assert_eq!(config.hub, HubSettings::default());
     }
 
     #[test]
@@ -239,6 +428,52 @@ mod tests {
         assert_eq!(
             config(&[("PORT", "abc")]).unwrap_err().to_string(),
             r#"PORT must be a port number from 0 to 65535, got "abc""#
+        );
+    }
+
+    #[test]
+    fn rejects_bad_hub_values_with_a_clear_message() {
+        for secs in ["0", "3601", "-5", "1.5", "30s"] {
+            assert_eq!(
+                config(&[("WS_HEARTBEAT_SECS", secs)]),
+                Err(ConfigError::Heartbeat(secs.into()))
+            );
+        }
+        for name in [
+            "WS_OUTBOUND_CAPACITY",
+            "WS_MAX_CONNECTIONS",
+            "WS_MAX_MESSAGE_BYTES",
+        ] {
+            for bad in ["0", "-1", "zero", "64KiB"] {
+                assert_eq!(
+                    config(&[(name, bad)]),
+                    Err(ConfigError::NotPositive(name, bad.into()))
+                );
+            }
+        }
+        for bad in ["0", "OS", "32k"] {
+            assert_eq!(
+                config(&[("WS_SEND_BUFFER_BYTES", bad)]),
+                Err(ConfigError::SendBuffer(bad.into()))
+            );
+        }
+        for bad in [
+            "*",
+            "shop.example",
+            "https://shop.example/",
+            "https://a.example,,https://b.example",
+            "https://",
+        ] {
+            assert_eq!(
+                config(&[("WS_ALLOWED_ORIGINS", bad)]),
+                Err(ConfigError::AllowedOrigins(bad.into()))
+            );
+        }
+        assert_eq!(
+            config(&[("WS_OUTBOUND_CAPACITY", "zero")])
+                .unwrap_err()
+                .to_string(),
+            r#"WS_OUTBOUND_CAPACITY must be a positive integer, got "zero""#
         );
     }
 

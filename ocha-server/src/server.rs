@@ -69,8 +69,10 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     let listener = TcpListener::bind(config.addr).await.map_err(listen_error)?;
     let addr = listener.local_addr().map_err(listen_error)?;
     info!(%addr, database = %config.database, "ocha-server listening");
+    debug!(hub = ?config.hub, "WebSocket hub settings");
 
-    run(listener, App::new(store, keys, Hub::default()), shutdown).await;
+    let hub = Hub::new(config.hub.realtime_config());
+    run(listener, App::new(store, keys, hub), shutdown).await;
     Ok(())
 }
 

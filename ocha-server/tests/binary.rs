@@ -68,6 +68,28 @@ async fn serves_on_the_configured_port() {
 }
 
 #[tokio::test]
+async fn ws_max_connections_refuses_upgrades_past_the_limit_with_503() {
+    let dir = TempDir::new("max-connections");
+    let port = free_low_port();
+    let mut child = server_command(port, &dir)
+        .env("WS_MAX_CONNECTIONS", "1")
+        .spawn()
+        .expect("start ocha-server");
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    wait_healthy(&mut child, addr).await;
+
+    let first = ws_connect(addr).await;
+    match tokio_tungstenite::connect_async(format!("ws://{addr}/")).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        }
+        other => panic!("expected a 503 refusal, got {other:?}"),
+    }
+    drop(first);
+    stop_binary(&mut child).await;
+}
+
+#[tokio::test]
 async fn sigterm_closes_every_websocket_with_1001_and_exits_0() {
     let dir = TempDir::new("sigterm");
     let port = free_low_port();
@@ -159,6 +181,10 @@ async fn bad_configuration_fails_with_a_clear_message() {
         (
             vec![("DATABASE_URL", missing_dir.as_str())],
             "cannot open the database",
+        ),
+        (
+            vec![("WS_OUTBOUND_CAPACITY", "zero")],
+            r#"WS_OUTBOUND_CAPACITY must be a positive integer, got "zero""#,
         ),
     ] {
         let mut command = binary();

@@ -304,10 +304,23 @@ pub async fn close_code(ws: &mut Ws) -> u16 {
 }
 
 /// The compiled `ocha-server` binary, with a clean environment: no
-/// inherited `PORT`, `HOST`, `DATABASE_URL`, `JWT_SECRET` or `RUST_LOG`.
+/// inherited `PORT`, `HOST`, `DATABASE_URL`, `JWT_SECRET`, `WS_*` or
+/// `RUST_LOG`.
 pub fn binary() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_ocha-server"));
-    for name in ["PORT", "HOST", "DATABASE_URL", "JWT_SECRET", "RUST_LOG"] {
+    for name in [
+        "PORT",
+        "HOST",
+        "DATABASE_URL",
+        "JWT_SECRET",
+        "WS_HEARTBEAT_SECS",
+        "WS_OUTBOUND_CAPACITY",
+        "WS_SEND_BUFFER_BYTES",
+        "WS_MAX_CONNECTIONS",
+        "WS_MAX_MESSAGE_BYTES",
+        "WS_ALLOWED_ORIGINS",
+        "RUST_LOG",
+    ] {
         command.env_remove(name);
     }
     command
@@ -318,17 +331,24 @@ pub fn binary() -> Command {
     command
 }
 
-/// Starts the binary on `port` of 127.0.0.1 with [`SECRET`] and a database
-/// in `dir`.
-pub fn start_binary(port: u16, dir: &TempDir) -> Child {
-    binary()
+/// The binary set to serve on `port` of 127.0.0.1 with [`SECRET`] and a
+/// database in `dir`, for tests that add variables before starting it.
+pub fn server_command(port: u16, dir: &TempDir) -> Command {
+    let mut command = binary();
+    command
         .env("PORT", port.to_string())
         .env("HOST", "127.0.0.1")
         .env(
             "DATABASE_URL",
             format!("sqlite:{}", dir.database().display()),
         )
-        .env("JWT_SECRET", SECRET)
+        .env("JWT_SECRET", SECRET);
+    command
+}
+
+/// Starts [`server_command`].
+pub fn start_binary(port: u16, dir: &TempDir) -> Child {
+    server_command(port, dir)
         .spawn()
         .expect("start ocha-server")
 }
