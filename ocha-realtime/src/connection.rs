@@ -105,11 +105,16 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
         while self.reading && !input.is_empty() {
             match self.inbound.advance(&mut input) {
                 Ok(None) => {}
-                Ok(Some(Received::Ping(payload))) => {
-                    if self.closing.is_none() {
+                Ok(Some(Received::Ping(payload))) if self.closing.is_none() => {
+                    // A client that pings but does not read what we send is
+                    // slow too; its pongs must not pile up.
+                    if self.sending.len() >= self.slot.0.config.outbound_capacity {
+                        self.start_close(slow_consumer_close(), false, true);
+                    } else {
                         self.sending.push_back(frame::pong(&payload));
                     }
                 }
+                Ok(Some(Received::Ping(_))) => {}
                 Ok(Some(Received::Close(code))) => match &mut self.closing {
                     Some(closing) => closing.await_peer = false,
                     // Echo the client's code, as RFC 6455 suggests.
@@ -177,11 +182,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
 
     /// Moves the connection forward as far as it can go without waiting.
     fn drive(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        loop {
-            if let ReadOutcome::Ended = self.poll_read(cx) {
-                return Poll::Ready(());
-            }
-            let queued_before = self.sending.len();
+        if let ReadOutcome::Ended = self.poll_read(cx) {
+            return Poll::Ready(());
+        }
+        let closing = loop {
             if self.closing.is_none() {
                 match self.outbox.poll_take(&mut self.sending, cx) {
                     None => {}
@@ -191,36 +195,35 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
                         self.start_close(close, true, true);
                     }
                     Some(CloseReason::SlowConsumer) => {
-                        let close = frame::close(Some(SLOW_CONSUMER), "slow consumer");
-                        self.start_close(close, false, true);
+                        self.start_close(slow_consumer_close(), false, true);
                     }
                 }
             }
-            let took = self.sending.len() > queued_before;
+            // The outbox is empty and will wake this task for its next frame.
+            if self.sending.is_empty() && self.closing.is_none() {
+                return Poll::Pending;
+            }
             match self.poll_write(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(_)) => return Poll::Ready(()),
                 Poll::Ready(Ok(())) => {}
             }
-            let Some(closing) = &mut self.closing else {
-                if took {
-                    // Frames taken this round are written; more may have come.
-                    continue;
-                }
-                return Poll::Pending;
-            };
-            if !closing.sent {
-                if ready!(Pin::new(&mut self.io).poll_shutdown(cx)).is_err() {
-                    return Poll::Ready(());
-                }
-                closing.sent = true;
+            if let Some(closing) = &mut self.closing {
+                break closing;
             }
-            // Our close is out; wait for the client's (or its EOF) if it owes one.
-            return if closing.await_peer {
-                Poll::Pending
-            } else {
-                Poll::Ready(())
-            };
+            // More frames may have queued up behind those written: take them.
+        };
+        if !closing.sent {
+            if ready!(Pin::new(&mut self.io).poll_shutdown(cx)).is_err() {
+                return Poll::Ready(());
+            }
+            closing.sent = true;
+        }
+        // Our close is out; wait for the client's (or its EOF) if it owes one.
+        if closing.await_peer {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
         }
     }
 }
@@ -237,6 +240,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Future for Connection<IO> {
             _ => progress,
         }
     }
+}
+
+/// The close frame for a client that fell too far behind.
+fn slow_consumer_close() -> Bytes {
+    frame::close(Some(SLOW_CONSUMER), "slow consumer")
 }
 
 impl<IO> Drop for Connection<IO> {

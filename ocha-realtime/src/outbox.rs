@@ -42,9 +42,18 @@ pub(crate) struct Outbox {
 #[derive(Debug, Default)]
 struct Queue {
     frames: VecDeque<Bytes>,
-    /// The connection's waker, stored while it has nothing to send.
+    /// The connection's waker, kept between wakes so that waking costs no
+    /// reference count.
     waker: Option<Waker>,
     close: Option<CloseReason>,
+}
+
+impl Queue {
+    fn wake(&self) {
+        if let Some(waker) = &self.waker {
+            waker.wake_by_ref();
+        }
+    }
 }
 
 impl Outbox {
@@ -62,20 +71,19 @@ impl Outbox {
         if queue.close.is_some() {
             return Pushed::Refused;
         }
-        let pushed = if queue.frames.len() < capacity {
+        if queue.frames.len() < capacity {
             queue.frames.push_back(frame.clone());
+            // A connection with frames already queued has been woken for them.
+            if queue.frames.len() == 1 {
+                queue.wake();
+            }
             Pushed::Queued
         } else {
             queue.frames = VecDeque::new();
             queue.close = Some(CloseReason::SlowConsumer);
+            queue.wake();
             Pushed::Overflowed
-        };
-        let waker = queue.waker.take();
-        drop(queue);
-        if let Some(waker) = waker {
-            waker.wake();
         }
-        pushed
     }
 
     /// Asks the connection to close; false if it was closing already.
@@ -85,36 +93,35 @@ impl Outbox {
             return false;
         }
         queue.close = Some(reason);
-        let waker = queue.waker.take();
-        drop(queue);
-        if let Some(waker) = waker {
-            waker.wake();
-        }
+        queue.wake();
         true
     }
 
-    /// Moves the queued frames to the back of `sending` and returns the close
-    /// request, if any. With nothing queued, remembers `cx`'s waker so the
-    /// next push wakes the connection.
+    /// Moves the queued frames to `sending` once it is empty, and returns the
+    /// close request, if any. Remembers `cx`'s waker: the next frame or close
+    /// request pushed after this call wakes the connection.
+    ///
+    /// Frames stay here while the connection is still writing earlier ones,
+    /// so a client that stops reading fills this queue and is found slow.
     pub(crate) fn poll_take(
         &self,
         sending: &mut VecDeque<Bytes>,
         cx: &Context<'_>,
     ) -> Option<CloseReason> {
         let mut queue = self.lock();
-        if queue.frames.is_empty() {
-            if queue.close.is_none()
-                && !queue
-                    .waker
-                    .as_ref()
-                    .is_some_and(|w| w.will_wake(cx.waker()))
-            {
-                queue.waker = Some(cx.waker().clone());
-            }
-        } else if sending.is_empty() {
+        if !queue
+            .waker
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            queue.waker = Some(cx.waker().clone());
+        }
+        if sending.is_empty() {
             // Swapping keeps both buffers' capacity: no allocation per event.
             std::mem::swap(sending, &mut queue.frames);
-        } else {
+        } else if queue.close.is_some() {
+            // Closing: whatever is left is sent before the close frame, or
+            // was already dropped for a slow consumer.
             sending.append(&mut queue.frames);
         }
         queue.close

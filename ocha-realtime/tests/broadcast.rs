@@ -2,6 +2,8 @@
 
 mod support;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -62,28 +64,36 @@ async fn a_client_that_stops_reading_is_closed_as_slow_and_others_get_everything
         .unwrap();
     assert_eq!(next_text(&mut slow).await, OCHA_WELCOME);
 
+    // Each reader counts what it has read, so the publisher can stay a
+    // window ahead of the slowest one, whatever the machine's speed.
     let mut readers = Vec::new();
+    let mut progress = Vec::new();
     for _ in 0..10 {
         let mut client = connect(addr, "/", OCHA_WELCOME).await;
+        let read = Arc::new(AtomicUsize::new(0));
+        progress.push(read.clone());
         readers.push(tokio::spawn(async move {
             let mut names = Vec::with_capacity(EVENTS);
             while names.len() < EVENTS {
                 names.push(product_name(&next_text(&mut client).await));
+                read.fetch_add(1, Ordering::Release);
             }
             names
         }));
     }
 
+    const WINDOW: usize = 64;
     let mut slow_closed_at = None;
     for i in 0..EVENTS {
+        while progress
+            .iter()
+            .any(|read| read.load(Ordering::Acquire) + WINDOW < i)
+        {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         let reached = hub.publish(&product(&format!("Tea {i}"), 4096));
         if reached == 10 && slow_closed_at.is_none() {
             slow_closed_at = Some(i);
-        }
-        if i % 16 == 15 {
-            // Publishing far faster than loopback sockets drain would make
-            // every client slow; this pace keeps the readers current.
-            tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
     // 256 queued plus what the capped kernel buffers hold (~64 KiB of
