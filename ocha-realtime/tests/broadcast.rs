@@ -85,12 +85,17 @@ async fn a_client_that_stops_reading_is_closed_as_slow_and_others_get_everything
     const WINDOW: usize = 64;
     let mut slow_closed_at = None;
     for i in 0..EVENTS {
-        while progress
-            .iter()
-            .any(|read| read.load(Ordering::Acquire) + WINDOW < i)
-        {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        let readers_caught_up = async {
+            while progress
+                .iter()
+                .any(|read| read.load(Ordering::Acquire) + WINDOW < i)
+            {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), readers_caught_up)
+            .await
+            .unwrap_or_else(|_| panic!("readers stalled before event {i}"));
         let reached = hub.publish(&product(&format!("Tea {i}"), 4096));
         if reached == 10 && slow_closed_at.is_none() {
             slow_closed_at = Some(i);
