@@ -42,18 +42,9 @@ pub(crate) struct Outbox {
 #[derive(Debug, Default)]
 struct Queue {
     frames: VecDeque<Bytes>,
-    /// The connection's waker, kept between wakes so that waking costs no
-    /// reference count.
+    /// The connection's waker, kept between wakes.
     waker: Option<Waker>,
     close: Option<CloseReason>,
-}
-
-impl Queue {
-    fn wake(&self) {
-        if let Some(waker) = &self.waker {
-            waker.wake_by_ref();
-        }
-    }
 }
 
 impl Outbox {
@@ -71,19 +62,19 @@ impl Outbox {
         if queue.close.is_some() {
             return Pushed::Refused;
         }
-        if queue.frames.len() < capacity {
+        let (pushed, waker) = if queue.frames.len() < capacity {
             queue.frames.push_back(frame.clone());
             // A connection with frames already queued has been woken for them.
-            if queue.frames.len() == 1 {
-                queue.wake();
-            }
-            Pushed::Queued
+            let waker = (queue.frames.len() == 1).then(|| queue.waker.clone());
+            (Pushed::Queued, waker.flatten())
         } else {
             queue.frames = VecDeque::new();
             queue.close = Some(CloseReason::SlowConsumer);
-            queue.wake();
-            Pushed::Overflowed
-        }
+            (Pushed::Overflowed, queue.waker.clone())
+        };
+        drop(queue);
+        wake(waker);
+        pushed
     }
 
     /// Asks the connection to close; false if it was closing already.
@@ -93,7 +84,9 @@ impl Outbox {
             return false;
         }
         queue.close = Some(reason);
-        queue.wake();
+        let waker = queue.waker.clone();
+        drop(queue);
+        wake(waker);
         true
     }
 
@@ -142,5 +135,13 @@ impl Outbox {
         self.queue
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Wakes a connection after its queue's lock is released, so that the
+/// connection, if it runs at once on another thread, finds the lock free.
+fn wake(waker: Option<Waker>) {
+    if let Some(waker) = waker {
+        waker.wake();
     }
 }
