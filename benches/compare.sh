@@ -185,6 +185,9 @@ for s in servers:
         "p99": median(lat, "deliveries", "latency_ms", "p99"),
         "rate": median(b2b, "deliveries", "deliveries_per_s"),
         "lost": None if None in lost else sum(lost),
+        "slow_closed": median(lat + b2b, "slow", "closed"),
+        "slow_requested": median(lat + b2b, "slow", "requested"),
+        "peak_mib": (lambda kib: None if kib is None else kib / 1024)(median(lat + b2b, "server", "rss_peak_kib")),
         "failures": [f"{mode} run {i}: {f}"
                      for mode, runs in (("interval", lat), ("b2b", b2b))
                      for i, r in zip(reps, runs)
@@ -210,6 +213,13 @@ for s in servers:
     print(f"| {names.get(s, s)} | {fmt(r['rss'], 2)} | {fmt(r['cpu'], 2)} | {ratio(r['cpu'], node.get('cpu'))} "
           f"| {fmt(r['all_p50'], 1)} | {fmt(r['p99'], 1)} | {fmt(r['rate'], 0)} "
           f"| {ratio(r['rate'], node.get('rate'))} | {'n/a' if r['lost'] is None else r['lost']} |")
+slow = [s for s in servers if rows[s]["slow_requested"]]
+if slow:
+    print()
+    for s in slow:
+        r = rows[s]
+        print(f"- {names.get(s, s)}: {fmt(r['slow_closed'], 0)} of {fmt(r['slow_requested'], 0)} clients "
+              f"that never read were closed by the server; server peak RSS {fmt(r['peak_mib'], 1)} MiB.")
 notes = [(s, f) for s in servers for f in rows[s]["failures"]]
 if notes:
     print()
