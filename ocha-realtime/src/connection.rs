@@ -86,7 +86,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
     /// Reads until the socket has nothing more, answering control frames.
     fn poll_read(&mut self, cx: &mut Context<'_>) -> ReadOutcome {
         let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
-        while self.reading {
+        loop {
             let mut buf = ReadBuf::uninit(&mut chunk);
             match Pin::new(&mut self.io).poll_read(cx, &mut buf) {
                 Poll::Pending => return ReadOutcome::Pending,
@@ -95,11 +95,15 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
                 Poll::Ready(Ok(())) => self.receive(buf.filled()),
             }
         }
-        ReadOutcome::Pending
     }
 
     /// Handles bytes from the client: answers pings and the close
     /// handshake, discards data, and closes on a protocol error.
+    ///
+    /// After a protocol error the rest of the stream cannot be parsed; it is
+    /// still read, and discarded, until the client hangs up or the close
+    /// times out: closing a socket with unread bytes would reset it and could
+    /// lose our close frame.
     pub(crate) fn receive(&mut self, mut input: &[u8]) {
         self.outbox.seen(self.slot.0.now());
         while self.reading && !input.is_empty() {
@@ -109,6 +113,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
                     // A client that pings but does not read what we send is
                     // slow too; its pongs must not pile up.
                     if self.sending.len() >= self.slot.0.config.outbound_capacity {
+                        self.slot.0.count_slow(1);
                         self.start_close(slow_consumer_close(), false, true);
                     } else {
                         self.sending.push_back(frame::pong(&payload));
@@ -121,8 +126,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
                     None => self.start_close(frame::close(code, ""), false, false),
                 },
                 Err(error) => {
-                    // Nothing after a broken frame can be parsed.
-                    self.reading = false;
+                    self.reading = error != InboundError::Protocol;
                     if self.closing.is_none() {
                         let reason = match error {
                             InboundError::TooBig => "message too big",
@@ -130,7 +134,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
                             InboundError::InvalidUtf8 => "invalid UTF-8",
                         };
                         let close = frame::close(Some(error.close_code()), reason);
-                        self.start_close(close, false, false);
+                        self.start_close(close, false, true);
                     }
                 }
             }

@@ -74,9 +74,10 @@ pub(crate) enum Received {
 /// Why the inbound stream cannot go on; the connection closes with this code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum InboundError {
-    /// The peer broke RFC 6455 (1002).
+    /// The peer broke RFC 6455 (1002); what follows cannot be parsed.
     Protocol,
-    /// A message exceeded the configured maximum (1009).
+    /// A message exceeded the configured maximum (1009). The parser skips
+    /// it and stays usable.
     TooBig,
     /// A close reason that is not UTF-8 (1007).
     InvalidUtf8,
@@ -243,15 +244,18 @@ impl Inbound {
             OpCode::Data(_) => {}
         }
         self.message_len = self.message_len.saturating_add(length);
-        if self.message_len > self.max_message_size {
-            return Err(InboundError::TooBig);
-        }
+        let too_big = self.message_len > self.max_message_size;
         self.in_message = !header.is_final;
         if header.is_final {
             self.message_len = 0;
         }
         if length > 0 {
             self.state = State::Skip(length);
+        }
+        // Skipping the payload keeps the parser in step with the stream, so
+        // the client's answer to our close can still be recognized.
+        if too_big {
+            return Err(InboundError::TooBig);
         }
         Ok(None)
     }
@@ -391,5 +395,13 @@ mod tests {
         assert_eq!(inbound.advance(&mut &second[..]), Err(InboundError::TooBig));
         let exact = client_frame(OpCode::Data(Data::Text), true, b"1234567890");
         assert_eq!(Inbound::new(10).advance(&mut &exact[..]), Ok(None));
+
+        // The parser stays in step after refusing a message.
+        let mut after = client_frame(OpCode::Data(Data::Text), true, &[b'x'; 11]);
+        after.extend(client_frame(OpCode::Control(Control::Close), true, b""));
+        let mut inbound = Inbound::new(10);
+        let mut input = &after[..];
+        assert_eq!(inbound.advance(&mut input), Err(InboundError::TooBig));
+        assert_eq!(inbound.advance(&mut input), Ok(Some(Received::Close(None))));
     }
 }

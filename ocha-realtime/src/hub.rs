@@ -258,7 +258,7 @@ impl Shared {
         reached
     }
 
-    fn count_slow(&self, closes: u64) {
+    pub(crate) fn count_slow(&self, closes: u64) {
         if closes > 0 {
             self.slow_consumer_closes
                 .fetch_add(closes, Ordering::Relaxed);

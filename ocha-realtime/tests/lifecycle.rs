@@ -101,6 +101,15 @@ async fn an_oversize_message_closes_with_1009() {
         Message::Close(Some(frame)) => assert_eq!(frame.code, CloseCode::Size),
         other => panic!("expected close 1009, got {other:?}"),
     }
+    // Reading on answers the close; the hub recognizes the answer behind
+    // the refused message and hangs up at once.
+    let started = Instant::now();
+    assert!(client.next().await.is_none());
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
     eventually("the client is gone", || hub.stats().connections == 0).await;
 }
 
@@ -180,4 +189,29 @@ async fn shutdown_returns_at_its_deadline() {
         waited >= Duration::from_millis(300) && waited < Duration::from_secs(2),
         "{waited:?}"
     );
+}
+
+#[tokio::test]
+async fn a_protocol_error_closes_with_1002() {
+    let (hub, addr) = serve(Config::default()).await;
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let mut request = upgrade_request("").into_bytes();
+    // An unmasked text frame: clients must mask.
+    request.extend_from_slice(&[0x81, 0x02, b'h', b'i']);
+    tokio::io::AsyncWriteExt::write_all(&mut stream, &request)
+        .await
+        .unwrap();
+    let mut received = Vec::new();
+    let close_1002 = [0x88, 0x10, 0x03, 0xea];
+    while !received.windows(4).any(|w| w == close_1002) {
+        let mut chunk = [0; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk))
+            .await
+            .expect("a close frame within 5 s")
+            .unwrap();
+        assert_ne!(n, 0, "closed without a close frame: {received:?}");
+        received.extend_from_slice(&chunk[..n]);
+    }
+    drop(stream);
+    eventually("the client is gone", || hub.stats().connections == 0).await;
 }
