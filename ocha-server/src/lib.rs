@@ -46,6 +46,3 @@ pub mod product;
 pub mod response;
 pub mod server;
 pub mod store;
-
-#[cfg(test)]
-mod test_support;

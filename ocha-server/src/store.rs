@@ -309,7 +309,6 @@ fn from_json<T: DeserializeOwned>(row: &Row<'_>, column: usize) -> rusqlite::Res
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_support::TempDir;
     use ocha_realtime::{ExtraChf, Size};
 
     fn product(n: u32, active: bool) -> Product {
@@ -450,7 +449,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_file_database_uses_wal_and_survives_reopening() {
-        let dir = TempDir::new("store");
+        let dir = tempfile::Builder::new().prefix("store").tempdir().unwrap();
         let database = Database::File(dir.path().join("products.db"));
 
         let store = Store::open(&database).await.unwrap();
@@ -472,7 +471,10 @@ mod tests {
 
     #[tokio::test]
     async fn reports_an_unopenable_database() {
-        let dir = TempDir::new("store-missing");
+        let dir = tempfile::Builder::new()
+            .prefix("store-missing")
+            .tempdir()
+            .unwrap();
         let database = Database::File(dir.path().join("no/such/dir/products.db"));
         assert!(matches!(
             Store::open(&database).await,
