@@ -8,7 +8,7 @@ use futures_util::{SinkExt, StreamExt};
 use ocha_realtime::tungstenite::protocol::frame::coding::CloseCode;
 use ocha_realtime::tungstenite::Message;
 use ocha_realtime::{Config, OCHA_WELCOME};
-use support::{connect, eventually, next, raw_request, serve, upgrade_request};
+use support::{connect, connect_mute, eventually, next, raw_request, serve, upgrade_request};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
@@ -61,10 +61,7 @@ async fn pings_are_answered_and_silent_peers_time_out() {
     });
 
     // A raw client that completes the handshake and then never answers.
-    let mut silent = TcpStream::connect(addr).await.unwrap();
-    tokio::io::AsyncWriteExt::write_all(&mut silent, upgrade_request("").as_bytes())
-        .await
-        .unwrap();
+    let mut silent = connect_mute(addr).await;
     let started = Instant::now();
     let mut sink = vec![0; 1024];
     loop {
@@ -158,11 +155,7 @@ async fn shutdown_closes_every_client_with_1001_and_refuses_newcomers() {
 async fn a_client_that_never_answers_the_close_is_dropped_at_the_close_timeout() {
     let close_timeout = Duration::from_millis(300);
     let (hub, addr) = serve(Config::default().close_timeout(close_timeout)).await;
-    // Completes the handshake, then neither reads nor answers the close.
-    let mut mute = TcpStream::connect(addr).await.unwrap();
-    tokio::io::AsyncWriteExt::write_all(&mut mute, upgrade_request("").as_bytes())
-        .await
-        .unwrap();
+    let _mute = connect_mute(addr).await;
     eventually("it is connected", || hub.stats().connections == 1).await;
     let started = Instant::now();
     hub.shutdown(Duration::from_secs(5)).await;
@@ -177,10 +170,7 @@ async fn a_client_that_never_answers_the_close_is_dropped_at_the_close_timeout()
 #[tokio::test]
 async fn shutdown_returns_at_its_deadline() {
     let (hub, addr) = serve(Config::default()).await;
-    let mut mute = TcpStream::connect(addr).await.unwrap();
-    tokio::io::AsyncWriteExt::write_all(&mut mute, upgrade_request("").as_bytes())
-        .await
-        .unwrap();
+    let _mute = connect_mute(addr).await;
     eventually("it is connected", || hub.stats().connections == 1).await;
     let started = Instant::now();
     hub.shutdown(Duration::from_millis(300)).await;

@@ -259,6 +259,25 @@ fn keep_error(errors: &mut Vec<String>, e: String) {
 }
 
 impl Shared {
+    /// Fresh state for `clients` readers of `events` events of run `run_id`.
+    fn new(run_id: &str, clients: usize, events: usize) -> Shared {
+        Shared {
+            epoch: Instant::now(),
+            events,
+            slug_prefix: format!("lg-{run_id}-"),
+            recv: (0..clients * events)
+                .map(|_| AtomicU32::new(UNSET))
+                .collect(),
+            received: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
+            out_of_order: AtomicU64::new(0),
+            foreign: AtomicU64::new(0),
+            disconnected: AtomicU64::new(0),
+            stopping: AtomicBool::new(false),
+            connect: ConnectCounters::default(),
+        }
+    }
+
     fn now_us(&self) -> u32 {
         // Saturating: a run longer than 71 minutes just stops advancing.
         u32::try_from(self.epoch.elapsed().as_micros()).unwrap_or(UNSET - 1)
@@ -753,22 +772,8 @@ async fn run(args: Args) -> Result<Report, String> {
     let pid = args.server_pid;
     let mut probe = ServerProbe { pid, error: None };
 
-    let epoch = Instant::now();
-    let shared = Arc::new(Shared {
-        epoch,
-        events: args.events,
-        slug_prefix: format!("lg-{run_id}-"),
-        recv: (0..args.clients * args.events)
-            .map(|_| AtomicU32::new(UNSET))
-            .collect(),
-        received: AtomicU64::new(0),
-        duplicates: AtomicU64::new(0),
-        out_of_order: AtomicU64::new(0),
-        foreign: AtomicU64::new(0),
-        disconnected: AtomicU64::new(0),
-        stopping: AtomicBool::new(false),
-        connect: ConnectCounters::default(),
-    });
+    let shared = Arc::new(Shared::new(&run_id, args.clients, args.events));
+    let epoch = shared.epoch;
 
     // Fail fast when nothing listens, instead of retrying every client.
     match timeout(ATTEMPT_TIMEOUT, TcpStream::connect(target.addr)).await {
@@ -1110,21 +1115,7 @@ mod tests {
     use super::*;
 
     fn shared(events: usize, clients: usize) -> Shared {
-        Shared {
-            epoch: Instant::now(),
-            events,
-            slug_prefix: "lg-abc-".into(),
-            recv: (0..clients * events)
-                .map(|_| AtomicU32::new(UNSET))
-                .collect(),
-            received: AtomicU64::new(0),
-            duplicates: AtomicU64::new(0),
-            out_of_order: AtomicU64::new(0),
-            foreign: AtomicU64::new(0),
-            disconnected: AtomicU64::new(0),
-            stopping: AtomicBool::new(false),
-            connect: ConnectCounters::default(),
-        }
+        Shared::new("abc", clients, events)
     }
 
     #[test]

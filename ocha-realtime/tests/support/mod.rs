@@ -130,6 +130,17 @@ pub async fn raw_exchange(addr: SocketAddr, request: &str) -> Vec<u8> {
     response
 }
 
+/// A raw client that completes the handshake and then neither reads nor
+/// answers anything.
+pub async fn connect_mute(addr: SocketAddr) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(upgrade_request("").as_bytes())
+        .await
+        .unwrap();
+    stream
+}
+
 /// A well-formed upgrade request with `extra` header lines appended.
 pub fn upgrade_request(extra: &str) -> String {
     format!(
