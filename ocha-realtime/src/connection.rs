@@ -18,8 +18,8 @@ use tokio::time::Sleep;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::frame::{self, Inbound, InboundError, Received};
-use crate::hub::Slot;
 use crate::outbox::{CloseReason, Outbox};
+use crate::registry::Slot;
 
 /// Bytes read from the socket per call; client messages are discarded, so
 /// this lives on the stack of `poll` only.
@@ -65,10 +65,10 @@ enum ReadOutcome {
 impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
     /// Registers a connection with the hub, its welcome to be sent first.
     pub(crate) fn new(slot: Slot, io: IO) -> Self {
-        let shared = &slot.0;
-        let outbox = Arc::new(Outbox::new(shared.now()));
-        let (key, welcome) = shared.register(&outbox);
-        let inbound = Inbound::new(shared.config.max_message_size);
+        let registry = &slot.0;
+        let outbox = Arc::new(Outbox::new(registry.now()));
+        let (key, welcome) = registry.register(&outbox);
+        let inbound = Inbound::new(registry.config.max_message_size);
         tracing::debug!(connection = key, "WebSocket open");
         Connection {
             io,

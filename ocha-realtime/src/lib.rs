@@ -52,8 +52,9 @@
 //!
 //! # Modules
 //!
-//! - `hub`: [`Hub`], admission, the connection registry, broadcasts,
-//!   heartbeats and shutdown.
+//! - `hub`: [`Hub`], the public face: upgrades, publishing, stats, shutdown.
+//! - `registry`: who is connected, admission, fan-out to every outbox, the
+//!   heartbeat and the counters ([`Stats`]).
 //! - `handshake`: the opening handshake checks and [`HandshakeError`].
 //! - `connection`: one connection's task, a small hand-written future.
 //! - `outbox`: each connection's queue of shared frames.
@@ -73,9 +74,11 @@ mod frame;
 mod handshake;
 mod hub;
 mod outbox;
+mod registry;
 
 pub use config::{Config, OCHA_WELCOME};
 pub use event::{Event, ExtraChf, Product, Size};
 pub use handshake::{is_websocket_upgrade, HandshakeError};
-pub use hub::{Hub, Stats};
+pub use hub::Hub;
+pub use registry::Stats;
 pub use tokio_tungstenite::tungstenite;
