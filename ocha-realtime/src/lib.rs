@@ -45,7 +45,9 @@
 //!   [`Config::outbound_capacity`] messages behind is closed with code 4008
 //!   ("slow consumer"); nobody else notices.
 //! - Memory is bounded: a connection holds no read or write buffers of its
-//!   own, only references to shared frames, at most `outbound_capacity`.
+//!   own, only references to shared frames: the batch it is writing and at
+//!   most `outbound_capacity` queued behind it. Each upgraded socket's kernel
+//!   send buffer is capped too ([`Config::send_buffer_size`]).
 //! - The hub pings every client each [`Config::heartbeat_interval`] and drops
 //!   those silent for two intervals; client messages are read and discarded,
 //!   and one over [`Config::max_message_size`] closes the connection (1009).
