@@ -1,8 +1,27 @@
-//! Support code for the `loadgen` binary: statistics over the per-client
-//! receive matrix and readers for a server process's figures in `/proc`.
+//! The `loadgen` load generator for the realtime product fan-out, as a
+//! library: the `loadgen` binary only parses the options, calls [`run::run`],
+//! prints the [`Report`](report::Report) and turns it into an exit code.
 //!
-//! Kept in a library so the statistics can be unit-tested without opening
-//! sockets.
+//! # Modules
+//!
+//! - [`args`]: the command-line options, their parsing and the usage text.
+//! - [`run`]: one run, phase by phase, and the runtime it runs on.
+//! - `clients`: the WebSocket clients, reading and slow, their source
+//!   addresses and retries, and the receive table they share.
+//! - `products`: the admin token and the POSTs that create the events.
+//! - [`report`]: the report, the pass/fail verdict, the table and the JSON.
+//! - [`stats`]: statistics over the per-client receive table.
+//! - [`procfs`]: a process's memory and CPU figures from `/proc`.
+//!
+//! The statistics and the `/proc` parsers are unit-tested without opening
+//! sockets; `tests/smoke.rs` runs the binary against a real server.
 
+#![deny(missing_docs)]
+
+pub mod args;
+mod clients;
 pub mod procfs;
+mod products;
+pub mod report;
+pub mod run;
 pub mod stats;

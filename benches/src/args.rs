@@ -1,0 +1,194 @@
+//! Command-line options: the [`Args`] a run is configured with, their
+//! parsing, the [`USAGE`] text, and the server address taken from `--url`.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+
+/// The `--help` text, listing every option and its default.
+pub const USAGE: &str = "\
+usage: loadgen [options]
+
+  --url URL                 server base URL (default http://127.0.0.1:5101);
+                            WebSocket on ws://HOST:PORT/, products on /api/v1/products
+  --clients N               reading WebSocket clients (default 1000)
+  --events M                products to create (default 30)
+  --interval-ms MS          latency mode: one POST every MS ms (default 200)
+  --back-to-back            throughput mode: next POST as soon as the previous answered
+  --server-pid PID          read server RSS and CPU time from /proc/PID (RSS per idle
+                            connection is only meaningful on a freshly started server)
+  --token T                 bearer token to send as is
+  --jwt-secret S            mint an HS256 admin token (default $JWT_SECRET or dev-secret)
+  --slow-clients K          also open K clients that never read (default 0)
+  --slow-rcvbuf BYTES       SO_RCVBUF of the slow clients (default 4096)
+  --description-bytes B     pad each product description to B bytes (default: short)
+  --threads T               client runtime worker threads (default 1, leaving the
+                            other core to the server)
+  --source-ips S            spread clients over 127.0.0.1..127.0.0.S (default 4)
+  --connect-concurrency C   handshakes in flight (default 100: below common listen
+                            backlogs of 128, whose overflow costs a 1 s SYN retry)
+  --settle-ms MS            pause after connecting, before sampling RSS (default 1500)
+  --timeout-s S             wait this long after the last POST for deliveries (default 10)
+  --json                    print one JSON object instead of the table
+";
+
+/// Command-line options; see [`USAGE`].
+#[derive(Debug, Clone)]
+pub struct Args {
+    pub(crate) url: String,
+    pub(crate) clients: usize,
+    pub(crate) events: usize,
+    pub(crate) interval_ms: u64,
+    pub(crate) back_to_back: bool,
+    pub(crate) server_pid: Option<u32>,
+    pub(crate) token: Option<String>,
+    pub(crate) jwt_secret: String,
+    pub(crate) slow_clients: usize,
+    pub(crate) slow_rcvbuf: u32,
+    pub(crate) description_bytes: usize,
+    pub(crate) threads: usize,
+    pub(crate) source_ips: u8,
+    pub(crate) connect_concurrency: usize,
+    pub(crate) settle_ms: u64,
+    pub(crate) timeout_s: u64,
+    pub(crate) json: bool,
+}
+
+impl Args {
+    /// Parses the options after the program name. Accepts `--flag value` and
+    /// `--flag=value`; unset options take their defaults, `--jwt-secret`
+    /// from `$JWT_SECRET`.
+    ///
+    /// An error carries the message to print before the usage text; an empty
+    /// message means `-h` or `--help` was given.
+    pub fn parse(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
+        let mut a = Args {
+            url: "http://127.0.0.1:5101".into(),
+            clients: 1000,
+            events: 30,
+            interval_ms: 200,
+            back_to_back: false,
+            server_pid: None,
+            token: None,
+            jwt_secret: std::env::var("JWT_SECRET").unwrap_or_else(|_| "dev-secret".into()),
+            slow_clients: 0,
+            slow_rcvbuf: 4096,
+            description_bytes: 0,
+            threads: 1,
+            source_ips: 4,
+            connect_concurrency: 100,
+            settle_ms: 1500,
+            timeout_s: 10,
+            json: false,
+        };
+        while let Some(arg) = argv.next() {
+            // Accept both `--flag value` and `--flag=value`.
+            let (flag, inline) = match arg.split_once('=') {
+                Some((f, v)) => (f.to_string(), Some(v.to_string())),
+                None => (arg, None),
+            };
+            let mut value = || {
+                inline
+                    .clone()
+                    .or_else(|| argv.next())
+                    .ok_or_else(|| format!("{flag} needs a value"))
+            };
+            fn num<T: std::str::FromStr>(flag: &str, v: String) -> Result<T, String> {
+                v.parse()
+                    .map_err(|_| format!("{flag}: not a valid number: {v}"))
+            }
+            match flag.as_str() {
+                "--url" => a.url = value()?,
+                "--clients" => a.clients = num(&flag, value()?)?,
+                "--events" => a.events = num(&flag, value()?)?,
+                "--interval-ms" => a.interval_ms = num(&flag, value()?)?,
+                "--back-to-back" => a.back_to_back = true,
+                "--server-pid" => a.server_pid = Some(num(&flag, value()?)?),
+                "--token" => a.token = Some(value()?),
+                "--jwt-secret" => a.jwt_secret = value()?,
+                "--slow-clients" => a.slow_clients = num(&flag, value()?)?,
+                "--slow-rcvbuf" => a.slow_rcvbuf = num(&flag, value()?)?,
+                "--description-bytes" => a.description_bytes = num(&flag, value()?)?,
+                "--threads" => a.threads = num(&flag, value()?)?,
+                "--source-ips" => a.source_ips = num(&flag, value()?)?,
+                "--connect-concurrency" => a.connect_concurrency = num(&flag, value()?)?,
+                "--settle-ms" => a.settle_ms = num(&flag, value()?)?,
+                "--timeout-s" => a.timeout_s = num(&flag, value()?)?,
+                "--json" => a.json = true,
+                "-h" | "--help" => return Err(String::new()),
+                _ => return Err(format!("unknown option {flag}")),
+            }
+        }
+        if a.source_ips == 0 || a.source_ips == 255 {
+            return Err("--source-ips must be within 1..=254".into());
+        }
+        if a.connect_concurrency == 0 || a.threads == 0 {
+            return Err("--connect-concurrency and --threads must be at least 1".into());
+        }
+        Ok(a)
+    }
+
+    /// Whether `--json` asked for one JSON object instead of the table.
+    pub fn json(&self) -> bool {
+        self.json
+    }
+
+    /// The POST schedule's name, as the report gives it.
+    pub(crate) fn mode(&self) -> &'static str {
+        if self.back_to_back {
+            "back-to-back"
+        } else {
+            "interval"
+        }
+    }
+}
+
+/// Where the server under test listens.
+#[derive(Debug, Clone)]
+pub(crate) struct Target {
+    pub(crate) addr: SocketAddr,
+    /// `host:port` as given, for the Host header and the WebSocket URL.
+    pub(crate) authority: String,
+}
+
+impl Target {
+    /// Resolves the IPv4 address of `--url`'s host.
+    pub(crate) fn from_url(url: &str) -> Result<Target, String> {
+        let uri: http::Uri = url.parse().map_err(|e| format!("bad --url {url}: {e}"))?;
+        let authority = uri
+            .authority()
+            .ok_or_else(|| format!("--url {url} has no host"))?;
+        let port = authority.port_u16().unwrap_or(80);
+        // Source addresses are 127.0.0.x, so only an IPv4 target makes sense.
+        let addr = (authority.host(), port)
+            .to_socket_addrs()
+            .map_err(|e| format!("cannot resolve {authority}: {e}"))?
+            .find(SocketAddr::is_ipv4)
+            .ok_or_else(|| format!("{authority} has no IPv4 address"))?;
+        Ok(Target {
+            addr,
+            authority: format!("{}:{port}", authority.host()),
+        })
+    }
+
+    /// The WebSocket URL: the server's root path.
+    pub(crate) fn ws_url(&self) -> String {
+        format!("ws://{}/", self.authority)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn args_parse_flags_and_values() {
+        let argv = "--url=http://127.0.0.1:5103 --clients 200 --events 5 --back-to-back --json";
+        let a = Args::parse(argv.split(' ').map(String::from)).unwrap();
+        assert_eq!((a.clients, a.events), (200, 5));
+        assert!(a.back_to_back && a.json);
+        assert_eq!(a.url, "http://127.0.0.1:5103");
+        assert!(Args::parse(["--clients".to_string()].into_iter()).is_err());
+        assert!(Args::parse(["--bogus".to_string()].into_iter()).is_err());
+        let t = Target::from_url("http://127.0.0.1:5103").unwrap();
+        assert_eq!(t.ws_url(), "ws://127.0.0.1:5103/");
+    }
+}

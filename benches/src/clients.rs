@@ -1,0 +1,364 @@
+//! The WebSocket clients: the receive table they share with the coordinator
+//! ([`Shared`]), opening connections from spread source addresses with
+//! retries, the reading clients, and the slow clients that never read.
+
+use crate::args::{Args, Target};
+use crate::report::keep_error;
+use crate::stats::UNSET;
+use futures_util::StreamExt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio::time::{sleep, timeout};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{client_async_with_config, WebSocketStream};
+
+/// The first frame every server under test sends to a new client.
+const WELCOME: &str = r#"{"message":"Connecté au WebSocket"}"#;
+/// Tries per client connection (TCP connect + WebSocket handshake).
+const CONNECT_ATTEMPTS: u32 = 5;
+/// Bound on one connection attempt, handshake included.
+pub(crate) const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client waits for its welcome frame.
+const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
+/// A slow client still silent after draining this long was not closed.
+const SLOW_PROBE_IDLE: Duration = Duration::from_secs(2);
+
+/// A client's WebSocket connection.
+type Ws = WebSocketStream<TcpStream>;
+
+/// State shared by the client tasks and the coordinator. Client tasks write
+/// their own row of `recv` only, so plain relaxed atomics suffice.
+pub(crate) struct Shared {
+    pub(crate) epoch: Instant,
+    events: usize,
+    /// `lg-<run id>-`: every slug of this run starts with it, and nothing else
+    /// in an event frame contains it, so finding it identifies the event
+    /// without parsing the JSON.
+    slug_prefix: String,
+    /// Row-major `clients × events` receive instants (µs since `epoch`) or [`UNSET`].
+    pub(crate) recv: Box<[AtomicU32]>,
+    pub(crate) received: AtomicU64,
+    pub(crate) duplicates: AtomicU64,
+    pub(crate) out_of_order: AtomicU64,
+    /// Text frames after the welcome that name no event of this run.
+    pub(crate) foreign: AtomicU64,
+    /// Readers whose connection ended before the run was over.
+    pub(crate) disconnected: AtomicU64,
+    /// Set once results are taken, so that ending connections no longer count.
+    pub(crate) stopping: AtomicBool,
+    pub(crate) connect: ConnectCounters,
+}
+
+/// Outcome counters of the connection phase.
+#[derive(Default)]
+pub(crate) struct ConnectCounters {
+    pub(crate) ok: AtomicU64,
+    pub(crate) failed: AtomicU64,
+    pub(crate) bad_welcome: AtomicU64,
+    pub(crate) retries: AtomicU64,
+    /// Connections whose attempt is over, successful or not.
+    pub(crate) settled: AtomicU64,
+    /// Instant (µs since epoch) the latest welcome arrived.
+    pub(crate) last_us: AtomicU32,
+    pub(crate) errors: Mutex<Vec<String>>,
+}
+
+impl ConnectCounters {
+    fn note_error(&self, e: String) {
+        keep_error(&mut self.errors.lock().unwrap(), e);
+    }
+}
+
+impl Shared {
+    /// Fresh state for `clients` readers of `events` events of run `run_id`.
+    pub(crate) fn new(run_id: &str, clients: usize, events: usize) -> Shared {
+        Shared {
+            epoch: Instant::now(),
+            events,
+            slug_prefix: format!("lg-{run_id}-"),
+            recv: (0..clients * events)
+                .map(|_| AtomicU32::new(UNSET))
+                .collect(),
+            received: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
+            out_of_order: AtomicU64::new(0),
+            foreign: AtomicU64::new(0),
+            disconnected: AtomicU64::new(0),
+            stopping: AtomicBool::new(false),
+            connect: ConnectCounters::default(),
+        }
+    }
+
+    pub(crate) fn now_us(&self) -> u32 {
+        // Saturating: a run longer than 71 minutes just stops advancing.
+        u32::try_from(self.epoch.elapsed().as_micros()).unwrap_or(UNSET - 1)
+    }
+
+    /// Index of the event of this run that `text` announces.
+    fn event_index(&self, text: &str) -> Option<usize> {
+        let start = text.find(&self.slug_prefix)? + self.slug_prefix.len();
+        let digits = &text[start..];
+        let end = digits
+            .bytes()
+            .position(|b| !b.is_ascii_digit())
+            .unwrap_or(digits.len());
+        let index: usize = digits[..end].parse().ok()?;
+        (index < self.events).then_some(index)
+    }
+
+    /// Records that `client` received `text`; `last` is the client's latest event index.
+    fn record(&self, client: usize, text: &str, last: &mut Option<usize>) {
+        let Some(event) = self.event_index(text) else {
+            self.foreign.fetch_add(1, Relaxed);
+            return;
+        };
+        let now = self.now_us();
+        let slot = &self.recv[client * self.events + event];
+        if slot.load(Relaxed) != UNSET {
+            self.duplicates.fetch_add(1, Relaxed);
+            return;
+        }
+        slot.store(now, Relaxed);
+        self.received.fetch_add(1, Relaxed);
+        // Products are created one after another, so each client must see them in order.
+        if last.is_some_and(|l| event < l) {
+            self.out_of_order.fetch_add(1, Relaxed);
+        }
+        *last = Some(event);
+    }
+}
+
+/// Client-side WebSocket buffers kept small: 19,000 clients with the default
+/// 128 KiB read buffer would need 2.4 GB.
+fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(2048)
+        .write_buffer_size(0)
+}
+
+/// One TCP connect from `src` plus the WebSocket handshake.
+async fn open_once(target: &Target, src: Ipv4Addr, rcvbuf: Option<u32>) -> Result<Ws, String> {
+    let socket = TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
+    // Let connect() pick the source port per destination instead of bind()
+    // reserving one per source address; tokio has no setter for this. Best
+    // effort: without it each source address still gives ~28k ports.
+    let one: libc::c_int = 1;
+    // SAFETY: valid socket fd, pointer and length describe a live c_int.
+    unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+    if let Some(size) = rcvbuf {
+        // Must precede connect: the window scale is fixed by the SYN.
+        socket
+            .set_recv_buffer_size(size)
+            .map_err(|e| format!("SO_RCVBUF: {e}"))?;
+    }
+    socket
+        .bind(SocketAddr::new(IpAddr::V4(src), 0))
+        .map_err(|e| format!("bind {src}: {e}"))?;
+    let stream = socket
+        .connect(target.addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    stream.set_nodelay(true).ok();
+    let (ws, _response) = client_async_with_config(target.ws_url(), stream, Some(ws_config()))
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    Ok(ws)
+}
+
+/// [`open_once`] with retries and exponential backoff, for listen backlogs
+/// that overflow while thousands of clients connect.
+async fn open(
+    target: &Target,
+    index: usize,
+    src: Ipv4Addr,
+    rcvbuf: Option<u32>,
+    counters: &ConnectCounters,
+) -> Result<Ws, String> {
+    let mut backoff = Duration::from_millis(50 + (index % 50) as u64);
+    for attempt in 1.. {
+        let error = match timeout(ATTEMPT_TIMEOUT, open_once(target, src, rcvbuf)).await {
+            Ok(Ok(ws)) => return Ok(ws),
+            Ok(Err(e)) => e,
+            Err(_) => "connect/handshake timed out".to_string(),
+        };
+        if attempt == CONNECT_ATTEMPTS {
+            return Err(error);
+        }
+        counters.retries.fetch_add(1, Relaxed);
+        sleep(backoff).await;
+        backoff *= 2;
+    }
+    unreachable!()
+}
+
+fn source_ip(index: usize, spread: u8) -> Ipv4Addr {
+    Ipv4Addr::new(127, 0, 0, 1 + (index % usize::from(spread)) as u8)
+}
+
+/// One reading client: connects, checks the welcome, then records every event.
+pub(crate) async fn reader(
+    shared: Arc<Shared>,
+    target: Arc<Target>,
+    client: usize,
+    spread: u8,
+    gate: Arc<Semaphore>,
+) {
+    let c = &shared.connect;
+    let permit = gate.acquire_owned().await.expect("semaphore never closed");
+    let mut ws = match open(&target, client, source_ip(client, spread), None, c).await {
+        Ok(ws) => ws,
+        Err(e) => {
+            c.note_error(e);
+            c.failed.fetch_add(1, Relaxed);
+            c.settled.fetch_add(1, Relaxed);
+            return;
+        }
+    };
+    let welcome = timeout(WELCOME_TIMEOUT, ws.next()).await;
+    match &welcome {
+        Ok(Some(Ok(Message::Text(t)))) if t.as_str() == WELCOME => {}
+        other => {
+            c.note_error(format!("bad welcome: {other:?}"));
+            c.bad_welcome.fetch_add(1, Relaxed);
+        }
+    }
+    c.ok.fetch_add(1, Relaxed);
+    c.last_us.fetch_max(shared.now_us(), Relaxed);
+    c.settled.fetch_add(1, Relaxed);
+    drop(permit);
+
+    let mut last = None;
+    while let Some(msg) = ws.next().await {
+        match msg {
+            Ok(Message::Text(t)) => shared.record(client, t.as_str(), &mut last),
+            Ok(Message::Binary(b)) => match std::str::from_utf8(&b) {
+                Ok(t) => shared.record(client, t, &mut last),
+                Err(_) => {
+                    shared.foreign.fetch_add(1, Relaxed);
+                }
+            },
+            Ok(Message::Close(_)) | Err(_) => break,
+            // tungstenite answers pings by itself on the next read.
+            Ok(_) => {}
+        }
+    }
+    if !shared.stopping.load(Relaxed) {
+        shared.disconnected.fetch_add(1, Relaxed);
+    }
+}
+
+/// Opens the clients that never read; returns the open ones and the failure count.
+pub(crate) async fn open_slow_clients(
+    args: &Args,
+    target: &Arc<Target>,
+    shared: &Arc<Shared>,
+) -> (Vec<Ws>, u64) {
+    let gate = Arc::new(Semaphore::new(args.connect_concurrency));
+    let mut set = JoinSet::new();
+    for k in 0..args.slow_clients {
+        let (target, shared, gate) = (target.clone(), shared.clone(), gate.clone());
+        let (index, spread, rcvbuf) = (args.clients + k, args.source_ips, args.slow_rcvbuf);
+        set.spawn(async move {
+            let _permit = gate.acquire_owned().await.expect("semaphore never closed");
+            let counters = &shared.connect;
+            open(
+                &target,
+                index,
+                source_ip(index, spread),
+                Some(rcvbuf),
+                counters,
+            )
+            .await
+            .map_err(|e| counters.note_error(format!("slow client: {e}")))
+            .ok()
+        });
+    }
+    let mut open_ones = Vec::with_capacity(args.slow_clients);
+    let mut failed = 0;
+    while let Some(result) = set.join_next().await {
+        match result.ok().flatten() {
+            Some(ws) => open_ones.push(ws),
+            None => failed += 1,
+        }
+    }
+    (open_ones, failed)
+}
+
+/// How a slow client's connection looked when finally read after the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SlowFate {
+    /// The server sent a Close frame.
+    CloseFrame,
+    /// The stream ended or was reset without a Close frame.
+    Dropped,
+    /// Still open: nothing more arrived within [`SLOW_PROBE_IDLE`].
+    Open,
+}
+
+/// Drains a slow client's backlog to see whether the server closed it.
+pub(crate) async fn probe_slow(mut ws: Ws) -> SlowFate {
+    loop {
+        match timeout(SLOW_PROBE_IDLE, ws.next()).await {
+            Err(_) => return SlowFate::Open,
+            Ok(None) | Ok(Some(Err(_))) => return SlowFate::Dropped,
+            Ok(Some(Ok(Message::Close(_)))) => return SlowFate::CloseFrame,
+            Ok(Some(Ok(_))) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared(events: usize, clients: usize) -> Shared {
+        Shared::new("abc", clients, events)
+    }
+
+    #[test]
+    fn event_index_finds_the_slug_with_or_without_spaces() {
+        let s = shared(30, 1);
+        let frame = r#"{"type":"new_product","product":{"_id":"1","slug":"lg-abc-12","name":"Loadgen abc #12"}}"#;
+        assert_eq!(s.event_index(frame), Some(12));
+        assert_eq!(s.event_index(r#"{"slug": "lg-abc-7"}"#), Some(7));
+        assert_eq!(
+            s.event_index(r#"{"slug":"lg-abc-30"}"#),
+            None,
+            "out of range"
+        );
+        assert_eq!(s.event_index(r#"{"slug":"lg-other-1"}"#), None);
+        assert_eq!(s.event_index(WELCOME), None);
+    }
+
+    #[test]
+    fn record_counts_duplicates_and_reordering() {
+        let s = shared(3, 2);
+        let frame = |i: usize| format!(r#"{{"slug":"lg-abc-{i}"}}"#);
+        let mut last = None;
+        s.record(0, &frame(1), &mut last);
+        s.record(0, &frame(0), &mut last);
+        s.record(0, &frame(0), &mut last);
+        s.record(0, "something else", &mut last);
+        assert_eq!(s.received.load(Relaxed), 2);
+        assert_eq!(s.out_of_order.load(Relaxed), 1);
+        assert_eq!(s.duplicates.load(Relaxed), 1);
+        assert_eq!(s.foreign.load(Relaxed), 1);
+        assert_ne!(s.recv[0].load(Relaxed), UNSET);
+        assert_eq!(s.recv[3].load(Relaxed), UNSET, "client 1 untouched");
+    }
+}

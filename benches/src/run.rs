@@ -1,0 +1,268 @@
+//! One load-generator run, phase by phase: connect the readers, open the
+//! slow clients, create the products, wait for the deliveries, then read the
+//! receive table and the server's figures into a [`Report`].
+
+use crate::args::{Args, Target};
+use crate::clients::{open_slow_clients, probe_slow, reader, Shared, SlowFate, ATTEMPT_TIMEOUT};
+use crate::procfs;
+use crate::products::{mint_token, post_all};
+use crate::report::{failures, ConnectReport, Report, ServerReport, SlowReport};
+use crate::stats;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use tokio::net::TcpStream;
+use tokio::runtime::Runtime;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio::time::{sleep, timeout};
+
+/// The runtime for [`run`], with `--threads` worker threads (one by default).
+pub fn runtime(args: &Args) -> std::io::Result<Runtime> {
+    // One thread by default: the client shares the machine with the server,
+    // and a single core keeps the client's share of it the same for every server.
+    if args.threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(args.threads)
+            .enable_all()
+            .build()
+    }
+}
+
+/// Runs the load against `args.url` and measures it.
+///
+/// Errors (a bad `--url`, no server listening, a token that cannot be minted)
+/// mean the run could not start; everything that went wrong during the run is
+/// in the report instead. Returns as soon as the figures are taken, with the
+/// client tasks still on the [`runtime`]: tearing thousands of them down one
+/// by one takes a while, so the binary leaves them to the process exit.
+pub async fn run(args: Args) -> Result<Report, String> {
+    let target = Arc::new(Target::from_url(&args.url)?);
+    let token = match &args.token {
+        Some(t) => t.clone(),
+        None => mint_token(&args.jwt_secret)?,
+    };
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_err(|e| e.to_string())?
+        .as_nanos();
+    let run_id = format!(
+        "{:08x}",
+        (nanos as u32) ^ std::process::id().rotate_left(16)
+    );
+    let pid = args.server_pid;
+    let mut probe = ServerProbe { pid, error: None };
+
+    let shared = Arc::new(Shared::new(&run_id, args.clients, args.events));
+    let epoch = shared.epoch;
+
+    // Fail fast when nothing listens, instead of retrying every client.
+    match timeout(ATTEMPT_TIMEOUT, TcpStream::connect(target.addr)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return Err(format!("cannot connect to {}: {e}", target.addr)),
+        Err(_) => return Err(format!("cannot connect to {}: timed out", target.addr)),
+    }
+
+    // Connect phase.
+    let baseline = probe.memory();
+    eprintln!(
+        "loadgen {run_id}: connecting {} clients to {} ({} mode)",
+        args.clients,
+        target.ws_url(),
+        args.mode()
+    );
+    let overflows_before = procfs::listen_overflows().ok();
+    let gate = Arc::new(Semaphore::new(args.connect_concurrency));
+    let connect_start = shared.now_us();
+    for client in 0..args.clients {
+        tokio::spawn(reader(
+            shared.clone(),
+            target.clone(),
+            client,
+            args.source_ips,
+            gate.clone(),
+        ));
+    }
+    while shared.connect.settled.load(Relaxed) < args.clients as u64 {
+        sleep(Duration::from_millis(10)).await;
+    }
+    let c = &shared.connect;
+    let connect_s = f64::from(c.last_us.load(Relaxed).saturating_sub(connect_start)) / 1e6;
+    let connected = c.ok.load(Relaxed);
+    let listen_overflows = match (overflows_before, procfs::listen_overflows().ok()) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+        _ => None,
+    };
+    eprintln!(
+        "loadgen {run_id}: {connected} connected, {} failed in {connect_s:.2} s",
+        c.failed.load(Relaxed)
+    );
+    sleep(Duration::from_millis(args.settle_ms)).await;
+    let after_connect = probe.memory();
+
+    let (slow_clients, slow_failed) = open_slow_clients(&args, &target, &shared).await;
+
+    // Event phase.
+    let cpu_before = probe.cpu();
+    let self_cpu_before = procfs::cpu_ticks(None).ok();
+    let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
+    {
+        let (args, target, token, run_id) =
+            (args.clone(), target.clone(), token.clone(), run_id.clone());
+        std::thread::spawn(move || {
+            let results = post_all(&args, &target, &token, &run_id, epoch);
+            let _ = done_tx.send(results);
+        });
+    }
+    let posts = loop {
+        if let Ok(posts) = done_rx.try_recv() {
+            break posts;
+        }
+        sleep(Duration::from_millis(2)).await;
+    };
+    let created = posts.sent.iter().flatten().count() as u64;
+    let wanted = created * connected;
+    let deadline = posts.finished + Duration::from_secs(args.timeout_s);
+    while shared.received.load(Relaxed) < wanted && Instant::now() < deadline {
+        sleep(Duration::from_millis(2)).await;
+    }
+    let cpu_after = probe.cpu();
+    let self_cpu_after = procfs::cpu_ticks(None).ok();
+    let end_memory = probe.memory();
+    shared.stopping.store(true, Relaxed);
+
+    let recv: Vec<u32> = shared.recv.iter().map(|a| a.load(Relaxed)).collect();
+    let deliveries = stats::analyze(&recv, &posts.sent);
+
+    let slow = if args.slow_clients > 0 {
+        let queues = procfs::send_queues(target.addr.port()).ok();
+        let mut set = JoinSet::new();
+        for ws in slow_clients {
+            set.spawn(probe_slow(ws));
+        }
+        let fates: Vec<SlowFate> = set.join_all().await;
+        let count = |f: SlowFate| fates.iter().filter(|&&x| x == f).count();
+        let (frame, dropped) = (count(SlowFate::CloseFrame), count(SlowFate::Dropped));
+        Some(SlowReport {
+            requested: args.slow_clients,
+            failed_to_open: slow_failed,
+            closed_with_close_frame: frame,
+            closed_without_close_frame: dropped,
+            closed: frame + dropped,
+            still_open: count(SlowFate::Open),
+            server_send_queue_kib: queues.map(|q| q.bytes as f64 / 1024.0),
+            server_send_queue_max_kib: queues.map(|q| q.max_bytes as f64 / 1024.0),
+        })
+    } else {
+        None
+    };
+
+    let server = match (
+        pid,
+        baseline,
+        after_connect,
+        end_memory,
+        cpu_before,
+        cpu_after,
+    ) {
+        (Some(pid), Some(base), Some(conn), Some(end), Some(cpu0), Some(cpu1)) => {
+            let ticks = cpu1.saturating_sub(cpu0);
+            Some(ServerReport {
+                pid,
+                rss_baseline_kib: base.rss_kib,
+                rss_connected_kib: conn.rss_kib,
+                rss_per_idle_conn_kib: (conn.rss_kib as f64 - base.rss_kib as f64)
+                    / args.clients.max(1) as f64,
+                rss_end_kib: end.rss_kib,
+                rss_peak_kib: end.peak_kib,
+                cpu_ms: ticks as f64 * 1e3 / procfs::clock_ticks_per_second() as f64,
+                cpu_us_per_delivery: cpu_us_per_delivery(ticks, deliveries.received),
+            })
+        }
+        _ => None,
+    };
+    let loadgen_cpu = match (self_cpu_before, self_cpu_after) {
+        (Some(a), Some(b)) => cpu_us_per_delivery(b.saturating_sub(a), deliveries.received),
+        _ => None,
+    };
+
+    let c = &shared.connect;
+    let mut report = Report {
+        url: args.url.clone(),
+        mode: args.mode(),
+        interval_ms: (!args.back_to_back).then_some(args.interval_ms),
+        clients: args.clients,
+        events: args.events,
+        run_id,
+        connect: ConnectReport {
+            ok: connected,
+            failed: c.failed.load(Relaxed),
+            bad_welcome: c.bad_welcome.load(Relaxed),
+            retries: c.retries.load(Relaxed),
+            listen_overflows,
+            seconds: connect_s,
+            rate_per_s: if connect_s > 0.0 {
+                connected as f64 / connect_s
+            } else {
+                0.0
+            },
+            errors: c.errors.lock().unwrap().clone(),
+        },
+        posts_failed: args.events - created as usize,
+        post_errors: posts.errors,
+        deliveries,
+        duplicates: shared.duplicates.load(Relaxed),
+        out_of_order: shared.out_of_order.load(Relaxed),
+        foreign_frames: shared.foreign.load(Relaxed),
+        disconnected: shared.disconnected.load(Relaxed),
+        server,
+        server_error: probe.error.take(),
+        loadgen_cpu_us_per_delivery: loadgen_cpu,
+        loadgen_peak_rss_kib: procfs::memory(None).ok().map(|m| m.peak_kib),
+        slow,
+        elapsed_s: epoch.elapsed().as_secs_f64(),
+        failures: Vec::new(),
+        ok: false,
+    };
+    report.failures = failures(&report);
+    report.ok = report.failures.is_empty();
+    Ok(report)
+}
+
+/// Samples the server process's figures. A failed read (the server died) is
+/// remembered and reported instead of aborting the run.
+struct ServerProbe {
+    pid: Option<u32>,
+    error: Option<String>,
+}
+
+impl ServerProbe {
+    fn memory(&mut self) -> Option<procfs::Memory> {
+        let pid = self.pid?;
+        self.keep(procfs::memory(Some(pid)), pid)
+    }
+
+    fn cpu(&mut self) -> Option<u64> {
+        let pid = self.pid?;
+        self.keep(procfs::cpu_ticks(Some(pid)), pid)
+    }
+
+    fn keep<T>(&mut self, result: std::io::Result<T>, pid: u32) -> Option<T> {
+        result
+            .map_err(|e| {
+                self.error
+                    .get_or_insert_with(|| format!("cannot read /proc/{pid} (server gone?): {e}"));
+            })
+            .ok()
+    }
+}
+
+/// Server or loadgen CPU time per delivery, in µs.
+fn cpu_us_per_delivery(ticks: u64, deliveries: u64) -> Option<f64> {
+    (deliveries > 0)
+        .then(|| ticks as f64 * 1e6 / procfs::clock_ticks_per_second() as f64 / deliveries as f64)
+}
