@@ -149,3 +149,29 @@ async fn a_frame_sent_right_behind_the_handshake_is_not_lost() {
     let head_len = received.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
     assert_eq!(received.len(), head_len + welcome_frame_len + pong.len());
 }
+
+#[tokio::test]
+async fn works_inside_an_axum_handler() {
+    use axum::extract::{Request, State};
+    use axum::response::IntoResponse;
+
+    async fn websocket(State(hub): State<Hub>, request: Request) -> impl IntoResponse {
+        hub.upgrade(request)
+            .unwrap_or_else(HandshakeError::into_response)
+    }
+
+    let hub = Hub::default();
+    let app = axum::Router::new()
+        .route("/", axum::routing::get(websocket))
+        .with_state(hub.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let mut client = connect(addr, "/", OCHA_WELCOME).await;
+    assert_eq!(hub.publish(&support::product("Sencha", 10)), 1);
+    assert_eq!(
+        support::product_name(&support::next_text(&mut client).await),
+        "Sencha"
+    );
+}
