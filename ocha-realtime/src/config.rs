@@ -54,8 +54,9 @@ impl Config {
         self
     }
 
-    /// How often the hub pings each client. A client that sends nothing,
-    /// not even a pong, for two intervals is disconnected.
+    /// How often the hub pings each client. A client that has sent nothing,
+    /// not even a pong, for two intervals is disconnected at the next ping
+    /// (so after two to three intervals of silence).
     ///
     /// Default: 30 seconds.
     pub fn heartbeat_interval(mut self, interval: Duration) -> Self {
