@@ -160,12 +160,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
     fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         while !self.sending.is_empty() {
             let mut slices = [IoSlice::new(&[]); MAX_WRITE_SLICES];
-            let mut count = 0;
-            for (slice, frame) in slices.iter_mut().zip(&self.sending) {
-                let skip = if count == 0 { self.written } else { 0 };
+            for (i, (slice, frame)) in slices.iter_mut().zip(&self.sending).enumerate() {
+                let skip = if i == 0 { self.written } else { 0 };
                 *slice = IoSlice::new(&frame[skip..]);
-                count += 1;
             }
+            let count = self.sending.len().min(MAX_WRITE_SLICES);
             let mut n = ready!(Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..count]))?;
             if n == 0 {
                 return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
