@@ -98,79 +98,72 @@ pub enum ConfigError {
     AllowedOrigins(String),
 }
 
-/// How the WebSocket hub behaves, from the `WS_*` variables.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How the WebSocket hub behaves, from the `WS_*` variables. A variable
+/// left unset keeps [`ocha_realtime::Config`]'s default.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HubSettings {
     /// From `WS_HEARTBEAT_SECS`.
-    pub heartbeat: Duration,
+    pub heartbeat: Option<Duration>,
     /// From `WS_OUTBOUND_CAPACITY`.
-    pub outbound_capacity: usize,
-    /// From `WS_SEND_BUFFER_BYTES`; `None` leaves it to the operating system.
-    pub send_buffer: Option<usize>,
-    /// From `WS_MAX_CONNECTIONS`; `None` means no limit.
+    pub outbound_capacity: Option<usize>,
+    /// From `WS_SEND_BUFFER_BYTES`; `Some(None)` (from `os`) leaves it to the
+    /// operating system.
+    pub send_buffer: Option<Option<usize>>,
+    /// From `WS_MAX_CONNECTIONS`.
     pub max_connections: Option<usize>,
     /// From `WS_MAX_MESSAGE_BYTES`.
-    pub max_message_bytes: usize,
-    /// From `WS_ALLOWED_ORIGINS`; `None` allows every origin.
+    pub max_message_bytes: Option<usize>,
+    /// From `WS_ALLOWED_ORIGINS`.
     pub allowed_origins: Option<Vec<String>>,
 }
 
-impl Default for HubSettings {
-    /// The defaults of [`ocha_realtime::Config`].
-    fn default() -> Self {
-        HubSettings {
-            heartbeat: Duration::from_secs(30),
-            outbound_capacity: 256,
-            send_buffer: Some(32 * 1024),
-            max_connections: None,
-            max_message_bytes: 64 * 1024,
-            allowed_origins: None,
-        }
-    }
-}
-
 impl HubSettings {
-    /// The hub configuration these settings describe.
+    /// The hub configuration: the library's defaults with these settings.
     pub fn realtime_config(&self) -> ocha_realtime::Config {
-        let config = ocha_realtime::Config::default()
-            .heartbeat_interval(self.heartbeat)
-            .outbound_capacity(self.outbound_capacity)
-            .send_buffer_size(self.send_buffer)
-            .max_connections(self.max_connections.unwrap_or(usize::MAX))
-            .max_message_size(self.max_message_bytes);
-        match &self.allowed_origins {
-            Some(origins) => config.allowed_origins(origins),
-            None => config,
+        let mut config = ocha_realtime::Config::default();
+        if let Some(interval) = self.heartbeat {
+            config = config.heartbeat_interval(interval);
         }
+        if let Some(messages) = self.outbound_capacity {
+            config = config.outbound_capacity(messages);
+        }
+        if let Some(bytes) = self.send_buffer {
+            config = config.send_buffer_size(bytes);
+        }
+        if let Some(connections) = self.max_connections {
+            config = config.max_connections(connections);
+        }
+        if let Some(bytes) = self.max_message_bytes {
+            config = config.max_message_size(bytes);
+        }
+        if let Some(origins) = &self.allowed_origins {
+            config = config.allowed_origins(origins);
+        }
+        config
     }
 
     fn from_lookup(lookup: &impl Fn(&str) -> Option<OsString>) -> Result<HubSettings, ConfigError> {
-        let defaults = HubSettings::default();
-        let heartbeat = match var(lookup, "WS_HEARTBEAT_SECS")? {
-            Some(secs) => match secs.parse() {
-                Ok(secs @ 1..=MAX_HEARTBEAT_SECS) => Duration::from_secs(secs),
-                _ => return Err(ConfigError::Heartbeat(secs)),
-            },
-            None => defaults.heartbeat,
-        };
-        let send_buffer = match var(lookup, "WS_SEND_BUFFER_BYTES")? {
-            Some(os) if os == "os" => None,
-            Some(bytes) => Some(
-                bytes
+        let heartbeat = var(lookup, "WS_HEARTBEAT_SECS")?
+            .map(|secs| match secs.parse() {
+                Ok(secs @ 1..=MAX_HEARTBEAT_SECS) => Ok(Duration::from_secs(secs)),
+                _ => Err(ConfigError::Heartbeat(secs)),
+            })
+            .transpose()?;
+        let send_buffer = var(lookup, "WS_SEND_BUFFER_BYTES")?
+            .map(|bytes| match bytes.as_str() {
+                "os" => Ok(None),
+                _ => bytes
                     .parse::<NonZeroUsize>()
-                    .map_err(|_| ConfigError::SendBuffer(bytes))?
-                    .get(),
-            ),
-            None => defaults.send_buffer,
-        };
+                    .map(|bytes| Some(bytes.get()))
+                    .map_err(|_| ConfigError::SendBuffer(bytes)),
+            })
+            .transpose()?;
         Ok(HubSettings {
             heartbeat,
-            outbound_capacity: positive(lookup, "WS_OUTBOUND_CAPACITY")?
-                .unwrap_or(defaults.outbound_capacity),
+            outbound_capacity: positive(lookup, "WS_OUTBOUND_CAPACITY")?,
             send_buffer,
             max_connections: positive(lookup, "WS_MAX_CONNECTIONS")?,
-            max_message_bytes: positive(lookup, "WS_MAX_MESSAGE_BYTES")?
-                .unwrap_or(defaults.max_message_bytes),
+            max_message_bytes: positive(lookup, "WS_MAX_MESSAGE_BYTES")?,
             allowed_origins: var(lookup, "WS_ALLOWED_ORIGINS")?
                 .map(|list| origins(&list))
                 .transpose()?,
@@ -307,7 +300,7 @@ mod tests {
     }
 
     #[test]
-    fn hub_defaults_match_the_library() {
+    fn unset_hub_variables_keep_the_library_defaults() {
         // `ocha_realtime::Config` has no accessors or `PartialEq`; its
         // derived `Debug` shows every field.
         assert_eq!(
@@ -352,11 +345,11 @@ mod tests {
         assert_eq!(
             hub,
             HubSettings {
-                heartbeat: Duration::from_secs(15),
-                outbound_capacity: 1024,
-                send_buffer: Some(65536),
+                heartbeat: Some(Duration::from_secs(15)),
+                outbound_capacity: Some(1024),
+                send_buffer: Some(Some(65536)),
                 max_connections: Some(10_000),
-                max_message_bytes: 4096,
+                max_message_bytes: Some(4096),
                 allowed_origins: Some(vec![
                     "https://shop.example".into(),
                     "http://localhost:3000".into()
@@ -364,7 +357,7 @@ mod tests {
             }
         );
         let os = config(&[("WS_SEND_BUFFER_BYTES", "os")]).unwrap().hub;
-        assert_eq!(os.send_buffer, None);
+        assert_eq!(os.send_buffer, Some(None));
     }
 
     #[test]

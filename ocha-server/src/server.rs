@@ -69,9 +69,10 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     let listener = TcpListener::bind(config.addr).await.map_err(listen_error)?;
     let addr = listener.local_addr().map_err(listen_error)?;
     info!(%addr, database = %config.database, "ocha-server listening");
-    debug!(hub = ?config.hub, "WebSocket hub settings");
+    let hub_config = config.hub.realtime_config();
+    debug!(hub = ?hub_config, "WebSocket hub settings");
 
-    let hub = Hub::new(config.hub.realtime_config());
+    let hub = Hub::new(hub_config);
     run(listener, App::new(store, keys, hub), shutdown).await;
     Ok(())
 }
