@@ -7,24 +7,19 @@
 mod common;
 
 use std::fs::File;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use common::docs_client::{DocsServer, WELCOME};
 use common::*;
 use futures_util::{SinkExt, StreamExt};
-use http::StatusCode;
 use serde_json::{json, Value};
 use tokio::process::{Child, Command};
 use tokio_tungstenite::tungstenite::Message;
 
 /// The docs' client, plus reading the URL and closing after N products.
 const CLIENT: &str = include_str!("javascript/ocha_client.js");
-
-/// What the docs' client prints on opening and for the server's welcome.
-const OPENED: &str = "Connected to the WebSocket server";
-const WELCOME: &str = "Connecté au WebSocket";
 
 /// A page that gives the client what node would (`process.argv`, and a
 /// `process.exitCode` to set) and keeps every line it prints in `printed`.
@@ -294,17 +289,11 @@ impl Devtools {
 
 #[tokio::test]
 async fn the_docs_client_in_chromium_gets_the_welcome_then_each_new_product_in_order() {
-    let dir = TempDir::new("browser");
-    let port = free_low_port();
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut server = start_binary(port, &dir);
-    wait_healthy(&mut server, addr).await;
+    let mut server = DocsServer::start("browser").await;
+    let page_path = server.dir.path().join("ocha_client.html");
+    std::fs::write(&page_path, page(&server.url(), server.products.len())).unwrap();
 
-    let bodies = [product_body(1), product_body(2)];
-    let page_path = dir.path().join("ocha_client.html");
-    std::fs::write(&page_path, page(&format!("ws://{addr}"), bodies.len())).unwrap();
-
-    let mut chromium = Chromium::start(dir.path());
+    let mut chromium = Chromium::start(server.dir.path());
     let mut devtools = chromium.devtools().await;
     let session = match devtools.open(&file_url(&page_path)).await {
         Ok(session) => session,
@@ -322,11 +311,7 @@ async fn the_docs_client_in_chromium_gets_the_welcome_then_each_new_product_in_o
         ));
     }
 
-    let token = admin_token();
-    for body in &bodies {
-        let created = post_product(addr, Some(&token), body).await;
-        assert_eq!(created.status, StatusCode::CREATED, "{}", created.text());
-    }
+    server.create_products().await;
 
     // After the last product the client closes the socket.
     let printed = devtools
@@ -340,16 +325,8 @@ async fn the_docs_client_in_chromium_gets_the_welcome_then_each_new_product_in_o
             ))
         });
 
-    let mut expected = vec![OPENED.to_owned(), WELCOME.to_owned()];
-    for body in &bodies {
-        expected.push(format!(
-            "New product added: {}",
-            body["name"].as_str().unwrap()
-        ));
-    }
-    expected.push("Disconnected".to_owned());
-    assert_eq!(printed, expected);
+    assert_eq!(printed, server.expected_transcript());
 
     chromium.close(&mut devtools).await;
-    stop_binary(&mut server).await;
+    stop_binary(&mut server.process).await;
 }

@@ -3,11 +3,10 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::process::Stdio;
 
+use common::docs_client::{DocsServer, WELCOME};
 use common::*;
-use http::StatusCode;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -16,10 +15,6 @@ const CLIENT: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/tests/javascript/ocha_client.js"
 );
-
-/// What the docs' client prints on opening and for the server's welcome.
-const OPENED: &str = "Connected to the WebSocket server";
-const WELCOME: &str = "Connecté au WebSocket";
 
 /// `node`, with `--experimental-websocket` if `WebSocket` is not a global
 /// yet (Node 20 and 21). A missing or too old `node` fails the test:
@@ -74,17 +69,11 @@ async fn fail(client: &mut Child, what: &str, transcript: &[String]) -> ! {
 
 #[tokio::test]
 async fn the_docs_client_gets_the_welcome_then_each_new_product_in_order() {
-    let dir = TempDir::new("javascript");
-    let port = free_low_port();
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut server = start_binary(port, &dir);
-    wait_healthy(&mut server, addr).await;
-
-    let bodies = [product_body(1), product_body(2)];
+    let mut server = DocsServer::start("javascript").await;
     let mut client = node()
         .arg(CLIENT)
-        .arg(format!("ws://{addr}"))
-        .arg(bodies.len().to_string())
+        .arg(server.url())
+        .arg(server.products.len().to_string())
         .spawn()
         .expect("start node");
     let mut stdout = BufReader::new(client.stdout.take().unwrap()).lines();
@@ -107,11 +96,7 @@ async fn the_docs_client_gets_the_welcome_then_each_new_product_in_order() {
         fail(&mut client, &what, &transcript).await;
     }
 
-    let token = admin_token();
-    for body in &bodies {
-        let created = post_product(addr, Some(&token), body).await;
-        assert_eq!(created.status, StatusCode::CREATED, "{}", created.text());
-    }
+    server.create_products().await;
 
     // After the last product the client closes; node exits once it is closed.
     let ended = tokio::time::timeout(PATIENCE, async {
@@ -126,16 +111,12 @@ async fn the_docs_client_gets_the_welcome_then_each_new_product_in_order() {
     let status = exit_status(&mut client).await;
     let errors = stderr(&mut client).await;
 
-    let mut expected = vec![OPENED.to_owned(), WELCOME.to_owned()];
-    for body in &bodies {
-        expected.push(format!(
-            "New product added: {}",
-            body["name"].as_str().unwrap()
-        ));
-    }
-    expected.push("Disconnected".to_owned());
-    assert_eq!(transcript, expected, "node stderr: {errors}");
+    assert_eq!(
+        transcript,
+        server.expected_transcript(),
+        "node stderr: {errors}"
+    );
     assert!(status.success(), "node exited with {status}: {errors}");
 
-    stop_binary(&mut server).await;
+    stop_binary(&mut server.process).await;
 }

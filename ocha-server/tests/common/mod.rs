@@ -29,6 +29,8 @@ use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+pub mod docs_client;
+
 /// The secret every test server and test token shares.
 pub const SECRET: &str = "end-to-end-secret";
 
