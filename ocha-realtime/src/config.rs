@@ -20,7 +20,7 @@ pub const OCHA_WELCOME: &str = r#"{"message":"Connecté au WebSocket"}"#;
 /// ```
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub(crate) welcome: String,
+    pub(crate) welcome: Option<String>,
     pub(crate) heartbeat_interval: Duration,
     pub(crate) outbound_capacity: usize,
     pub(crate) max_message_size: usize,
@@ -33,7 +33,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            welcome: OCHA_WELCOME.to_owned(),
+            welcome: Some(OCHA_WELCOME.to_owned()),
             heartbeat_interval: Duration::from_secs(30),
             outbound_capacity: 256,
             max_message_size: 64 * 1024,
@@ -46,11 +46,24 @@ impl Default for Config {
 }
 
 impl Config {
+    /// The shortest heartbeat interval: a timer cannot tick every 0 ms.
+    pub const MIN_HEARTBEAT: Duration = Duration::from_millis(1);
+    /// The longest heartbeat interval, a year: far enough to mean "never"
+    /// while deadlines computed from it stay representable.
+    pub const MAX_HEARTBEAT: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
     /// The text frame every client receives first.
     ///
     /// Default: [`OCHA_WELCOME`], `{"message":"Connecté au WebSocket"}`.
     pub fn welcome(mut self, text: impl Into<String>) -> Self {
-        self.welcome = text.into();
+        self.welcome = Some(text.into());
+        self
+    }
+
+    /// Sends no welcome: a client's first frame is whatever the hub sends
+    /// it first (an echo server, for instance, answers only what it hears).
+    pub fn without_welcome(mut self) -> Self {
+        self.welcome = None;
         self
     }
 
@@ -58,9 +71,12 @@ impl Config {
     /// not even a pong, for two intervals is disconnected at the next ping
     /// (so after two to three intervals of silence).
     ///
-    /// Default: 30 seconds.
+    /// Default: 30 seconds. Values are kept between
+    /// [`MIN_HEARTBEAT`](Self::MIN_HEARTBEAT) and
+    /// [`MAX_HEARTBEAT`](Self::MAX_HEARTBEAT): shorter ones are raised,
+    /// longer ones lowered.
     pub fn heartbeat_interval(mut self, interval: Duration) -> Self {
-        self.heartbeat_interval = interval;
+        self.heartbeat_interval = interval.clamp(Self::MIN_HEARTBEAT, Self::MAX_HEARTBEAT);
         self
     }
 
@@ -69,15 +85,19 @@ impl Config {
     /// hold memory or slow anyone else down.
     ///
     /// Messages are shared between clients, so a waiting message costs a
-    /// client one pointer, not a copy. Default: 256.
+    /// client one pointer, not a copy. Default: 256; 0 counts as 1.
     pub fn outbound_capacity(mut self, messages: usize) -> Self {
         self.outbound_capacity = messages.max(1);
         self
     }
 
-    /// Largest message a client may send, in bytes; a larger one closes the
-    /// connection with 1009 (message too big). Client messages are read and
-    /// discarded without being buffered.
+    /// Largest message a client may send, in bytes, over all its
+    /// fragments; a larger one closes the connection with 1009 (message too
+    /// big). A hub with a message handler ([`Hub::with_handler`]) holds up to
+    /// this much per connection while a message arrives; other hubs discard
+    /// client messages without buffering them.
+    ///
+    /// [`Hub::with_handler`]: crate::Hub::with_handler
     ///
     /// Default: 64 KiB.
     pub fn max_message_size(mut self, bytes: usize) -> Self {
@@ -109,7 +129,9 @@ impl Config {
     }
 
     /// How long a closing connection may take to send its close frame and
-    /// hear the client's reply before its socket is dropped.
+    /// hear the client's reply before its socket is dropped. Zero drops it
+    /// at once; [`Duration::MAX`] waits as long as the client keeps the
+    /// connection open.
     ///
     /// Default: 5 seconds.
     pub fn close_timeout(mut self, timeout: Duration) -> Self {
@@ -123,11 +145,30 @@ impl Config {
     /// Linux grows a socket's buffer up to 4 MiB for a client that stops
     /// reading, so without a cap a slow client hides in kernel memory
     /// instead of being closed by [`outbound_capacity`](Self::outbound_capacity).
-    /// Linux doubles the value for its bookkeeping.
+    /// Linux doubles the value for its bookkeeping, and raises values below
+    /// its minimum (about 2 KiB) to that minimum.
     ///
     /// Default: 32 KiB.
     pub fn send_buffer_size(mut self, bytes: Option<usize>) -> Self {
         self.send_buffer_size = bytes;
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn out_of_range_settings_are_kept_in_range() {
+        let zero = Config::default().heartbeat_interval(Duration::ZERO);
+        assert_eq!(zero.heartbeat_interval, Config::MIN_HEARTBEAT);
+        let max = Config::default().heartbeat_interval(Duration::MAX);
+        assert_eq!(max.heartbeat_interval, Config::MAX_HEARTBEAT);
+        assert_eq!(Config::default().outbound_capacity(0).outbound_capacity, 1);
+        // The heartbeat's deadline arithmetic holds at both ends.
+        for interval in [Config::MIN_HEARTBEAT, Config::MAX_HEARTBEAT] {
+            let _ = tokio::time::Instant::now() + 3 * interval;
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! One WebSocket connection: sends what its outbox holds, answers pings and
-//! the close handshake, and discards what the client says.
+//! the close handshake, and hands whole client messages to the hub's
+//! handler (or discards them when it has none).
 //!
 //! It is a hand-written future rather than an `async fn` so that its state
 //! is a few fields, with no buffers: an idle connection costs little.
@@ -20,26 +21,43 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use crate::frame::{self, Inbound, InboundError, Received};
 use crate::outbox::{CloseReason, Outbox};
 use crate::registry::Slot;
+use crate::ConnectionId;
 
-/// Bytes read from the socket per call; client messages are discarded, so
-/// this lives on the stack of `poll` only.
+/// Bytes read from the socket per call; they live on the stack of `poll`
+/// only, unless a message handler is still busy when they arrive.
 const READ_CHUNK: usize = 2048;
 /// Close code for a client dropped for falling behind (private-use range).
 pub(crate) const SLOW_CONSUMER: CloseCode = CloseCode::Library(4008);
 /// Frames handed to one vectored write.
 const MAX_WRITE_SLICES: usize = 64;
+/// Pongs owed at once; past this the oldest is dropped, as RFC 6455 (5.5.3)
+/// allows, so a client that pings without reading cannot pile them up.
+const MAX_OWED_PONGS: usize = 16;
+/// Frame slots a connection keeps once it has sent everything: a burst
+/// grows the queues, and they shrink back here afterwards.
+const KEPT_SLOTS: usize = 8;
+
+/// A future the application returned for one client message.
+type Handling = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// A running connection; completes when it is closed.
 pub(crate) struct Connection<IO> {
     io: IO,
     slot: Slot,
-    key: usize,
+    id: ConnectionId,
     outbox: Arc<Outbox>,
     inbound: Inbound,
     /// Frames taken from the outbox; the front one may be partly written.
     sending: VecDeque<Bytes>,
     /// Bytes of `sending`'s front already written.
     written: usize,
+    /// Pongs to send once `sending` is empty.
+    pongs: VecDeque<Bytes>,
+    /// The application's handling of the last message; reading waits for
+    /// it, so a busy application pushes back on the client through TCP.
+    handling: Option<Handling>,
+    /// Bytes read but not parsed yet because `handling` was busy.
+    unparsed: Vec<u8>,
     /// False once the inbound stream is broken and cannot be parsed further.
     reading: bool,
     closing: Option<Closing>,
@@ -67,26 +85,45 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
     pub(crate) fn new(slot: Slot, io: IO) -> Self {
         let registry = &slot.0;
         let outbox = Arc::new(Outbox::new(registry.now()));
-        let (key, welcome) = registry.register(&outbox);
-        let inbound = Inbound::new(registry.config.max_message_size);
-        tracing::debug!(connection = key, "WebSocket open");
+        let (id, welcome) = registry.register(&outbox);
+        let config = &registry.config;
+        let inbound = Inbound::new(config.max_message_size, registry.handler.is_some());
+        tracing::debug!(connection = %id, "WebSocket open");
         Connection {
             io,
             slot,
-            key,
+            id,
             outbox,
             inbound,
-            sending: VecDeque::from([welcome]),
+            sending: welcome.into_iter().collect(),
             written: 0,
+            pongs: VecDeque::new(),
+            handling: None,
+            unparsed: Vec::new(),
             reading: true,
             closing: None,
         }
     }
 
-    /// Reads until the socket has nothing more, answering control frames.
+    /// Runs the message handler and reads until the socket has nothing
+    /// more, answering control frames.
     fn poll_read(&mut self, cx: &mut Context<'_>) -> ReadOutcome {
         let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
         loop {
+            if let Some(handling) = &mut self.handling {
+                if handling.as_mut().poll(cx).is_ready() {
+                    self.handling = None;
+                    self.outbox.seen(self.slot.0.now());
+                } else if self.closing.is_none() {
+                    return ReadOutcome::Pending;
+                }
+                // Once closing, reading goes on to hear the client's close.
+            }
+            if !self.unparsed.is_empty() {
+                let unparsed = std::mem::take(&mut self.unparsed);
+                self.receive(&unparsed);
+                continue;
+            }
             let mut buf = ReadBuf::uninit(&mut chunk);
             match Pin::new(&mut self.io).poll_read(cx, &mut buf) {
                 Poll::Pending => return ReadOutcome::Pending,
@@ -98,7 +135,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
     }
 
     /// Handles bytes from the client: answers pings and the close
-    /// handshake, discards data, and closes on a protocol error.
+    /// handshake, hands messages to the handler (keeping what follows a
+    /// message until the handler is done), and closes on a protocol error.
     ///
     /// After a protocol error the rest of the stream cannot be parsed; it is
     /// still read, and discarded, until the client hangs up or the close
@@ -107,19 +145,24 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
     pub(crate) fn receive(&mut self, mut input: &[u8]) {
         self.outbox.seen(self.slot.0.now());
         while self.reading && !input.is_empty() {
+            if self.handling.is_some() && self.closing.is_none() {
+                self.unparsed.extend_from_slice(input);
+                return;
+            }
             match self.inbound.advance(&mut input) {
                 Ok(None) => {}
-                Ok(Some(Received::Ping(payload))) if self.closing.is_none() => {
-                    // A client that pings but does not read what we send is
-                    // slow too; its pongs must not pile up.
-                    if self.sending.len() >= self.slot.0.config.outbound_capacity {
-                        self.slot.0.count_slow(1);
-                        self.start_close(slow_consumer_close(), false, true);
-                    } else {
-                        self.sending.push_back(frame::pong(&payload));
+                Ok(Some(Received::Message(message))) if self.closing.is_none() => {
+                    if let Some(handler) = &self.slot.0.handler {
+                        self.handling = Some(handler(self.slot.0.clone(), self.id, message));
                     }
                 }
-                Ok(Some(Received::Ping(_))) => {}
+                Ok(Some(Received::Ping(payload))) if self.closing.is_none() => {
+                    if self.pongs.len() == MAX_OWED_PONGS {
+                        self.pongs.pop_front();
+                    }
+                    self.pongs.push_back(frame::pong(&payload));
+                }
+                Ok(Some(Received::Ping(_) | Received::Message(_))) => {}
                 Ok(Some(Received::Close(code))) => match &mut self.closing {
                     Some(closing) => closing.await_peer = false,
                     // Echo the client's code, as RFC 6455 suggests.
@@ -133,8 +176,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
                             InboundError::Protocol => "protocol error",
                             InboundError::InvalidUtf8 => "invalid UTF-8",
                         };
+                        // What was sent before the error (replies to earlier
+                        // messages, say) still goes out ahead of the close.
                         let close = frame::close(Some(error.close_code()), reason);
-                        self.start_close(close, false, true);
+                        self.start_close(close, true, true);
                     }
                 }
             }
@@ -145,9 +190,15 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
     /// first only when `flush` is set. A partly written frame is always
     /// finished so the stream stays well-formed.
     fn start_close(&mut self, close_frame: Bytes, flush: bool, await_peer: bool) {
-        if !flush {
+        // Nothing more is queued for a closing connection, nor counted as
+        // delivered to it.
+        if flush {
+            self.outbox.refuse_more(Some(&mut self.sending));
+        } else {
+            self.outbox.refuse_more(None);
             self.sending.truncate(usize::from(self.written > 0));
         }
+        self.pongs.clear();
         self.sending.push_back(close_frame);
         self.closing = Some(Closing {
             deadline: Box::pin(tokio::time::sleep(self.slot.0.config.close_timeout)),
@@ -180,6 +231,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
                 self.sending.pop_front();
             }
         }
+        if self.sending.capacity() > KEPT_SLOTS {
+            // The burst is sent; give back what it grew (the outbox gets
+            // this buffer at the next take).
+            self.sending.shrink_to(KEPT_SLOTS);
+        }
         Pin::new(&mut self.io).poll_flush(cx)
     }
 
@@ -189,9 +245,14 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
             return Poll::Ready(());
         }
         let closing = loop {
+            if self.sending.is_empty() {
+                // Owed pongs go out ahead of the events queued since.
+                self.sending.append(&mut self.pongs);
+            }
             if self.closing.is_none() {
                 match self.outbox.poll_take(&mut self.sending, cx) {
-                    None => {}
+                    // `Closing` is set only once `self.closing` is.
+                    None | Some(CloseReason::Closing) => {}
                     Some(CloseReason::HeartbeatTimeout) => return Poll::Ready(()),
                     Some(CloseReason::GoingAway) => {
                         let close = frame::close(Some(CloseCode::Away), "server shutting down");
@@ -252,7 +313,7 @@ fn slow_consumer_close() -> Bytes {
 
 impl<IO> Drop for Connection<IO> {
     fn drop(&mut self) {
-        self.slot.0.deregister(self.key);
-        tracing::debug!(connection = self.key, "WebSocket closed");
+        self.slot.0.deregister(self.id);
+        tracing::debug!(connection = %self.id, "WebSocket closed");
     }
 }

@@ -1,6 +1,8 @@
 //! [`Hub`]: the public face of the library, from upgrade requests to
 //! publishing and shutdown.
 
+use std::future::Future;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,10 +15,11 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use crate::connection::Connection;
-use crate::registry::{Registry, Slot, Stats};
-use crate::{frame, handshake, Config, Event, HandshakeError};
+use crate::registry::{Handler, Registry, Slot, Stats};
+use crate::{frame, handshake, Config, ConnectionId, Event, HandshakeError, Message};
 
-/// A set of WebSocket connections that receive every published [`Event`].
+/// A set of WebSocket connections that receive every published [`Event`],
+/// and whose messages go to the application's handler, if it has one.
 ///
 /// Cloning is cheap and every clone is the same hub, so hand one to each
 /// request handler. See the [crate documentation](crate) for an example.
@@ -32,10 +35,44 @@ impl Default for Hub {
 }
 
 impl Hub {
-    /// Creates a hub with no connections.
+    /// Creates a hub with no connections. It reads what clients send only
+    /// to answer pings and closes, and discards their messages unbuffered.
     pub fn new(config: Config) -> Hub {
         Hub {
-            registry: Arc::new(Registry::new(config)),
+            registry: Arc::new(Registry::new(config, None)),
+        }
+    }
+
+    /// Creates a hub that hands every whole message a client sends to
+    /// `handler`, with this hub (to reply, say) and the sender's id.
+    ///
+    /// A connection reads nothing more until the future `handler` returned
+    /// for its last message completes, so an application that falls behind
+    /// slows its clients down through TCP instead of buffering their
+    /// messages. Messages are reassembled up to
+    /// [`Config::max_message_size`], and text is checked to be UTF-8 (the
+    /// connection closes with 1007 otherwise). A connection that closes
+    /// stops delivering messages; a handler's future still running then
+    /// runs until the connection is gone and is dropped with it.
+    ///
+    /// ```
+    /// use ocha_realtime::{Config, Hub};
+    ///
+    /// // An echo server.
+    /// let hub = Hub::with_handler(Config::default(), |hub, from, message| async move {
+    ///     hub.send(from, &message);
+    /// });
+    /// ```
+    pub fn with_handler<F, Fut>(config: Config, handler: F) -> Hub
+    where
+        F: Fn(Hub, ConnectionId, Message) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let handler: Handler = Box::new(move |registry, from, message| {
+            Box::pin(handler(Hub { registry }, from, message))
+        });
+        Hub {
+            registry: Arc::new(Registry::new(config, Some(handler))),
         }
     }
 
@@ -82,7 +119,10 @@ impl Hub {
                     drop(parts.read_buf);
                     connection.await
                 }
-                Err(upgraded) => Connection::new(slot, TokioIo::new(upgraded)).await,
+                Err(upgraded) => {
+                    warn_untuned(&slot.0);
+                    Connection::new(slot, TokioIo::new(upgraded)).await
+                }
             }
         });
         Ok(handshake::switching_protocols(accept))
@@ -113,6 +153,40 @@ impl Hub {
         self.registry.publish(&frame::text(&json))
     }
 
+    /// Sends `message` to one connection; false if it is gone, closing, or
+    /// just found too far behind (it is then closed as a slow consumer).
+    pub fn send(&self, to: ConnectionId, message: &Message) -> bool {
+        self.registry.send(to, &frame::message(message))
+    }
+
+    /// Sets the socket options the hub relies on, `TCP_NODELAY` and the
+    /// [`Config::send_buffer_size`] cap, on an accepted socket.
+    ///
+    /// Upgrades served by `hyper::server::conn::http1` are tuned without
+    /// this. Servers that hand hyper a wrapped socket, such as `axum::serve`
+    /// and hyper-util's `auto` builder, hide the socket from the hub: tune
+    /// each one as it is accepted instead, or slow clients can hide in
+    /// megabytes of kernel buffers. The cap then applies to plain HTTP
+    /// connections too, which only slows very large responses.
+    ///
+    /// ```no_run
+    /// # async fn run(router: axum::Router) -> std::io::Result<()> {
+    /// use axum::serve::ListenerExt;
+    /// use ocha_realtime::Hub;
+    ///
+    /// let hub = Hub::default();
+    /// let tuner = hub.clone();
+    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:5001")
+    ///     .await?
+    ///     .tap_io(move |socket| tuner.tune(socket));
+    /// axum::serve(listener, router).await
+    /// # }
+    /// ```
+    pub fn tune(&self, socket: &TcpStream) {
+        self.registry.sockets_tuned.store(true, Ordering::Relaxed);
+        tune(socket, &self.registry.config);
+    }
+
     /// The hub's counters now.
     pub fn stats(&self) -> Stats {
         self.registry.stats()
@@ -125,6 +199,19 @@ impl Hub {
     /// connections still open then are dropped by their own close timeout.
     pub async fn shutdown(&self, deadline: Duration) {
         self.registry.close_all(deadline).await;
+    }
+}
+
+/// Warns, once per hub, that upgraded sockets arrive wrapped and untuned.
+fn warn_untuned(registry: &Registry) {
+    if !registry.sockets_tuned.load(Ordering::Relaxed)
+        && !registry.untuned_warned.swap(true, Ordering::Relaxed)
+    {
+        tracing::warn!(
+            "WebSocket upgrades arrive on a wrapped transport (axum::serve, hyper-util's \
+             auto builder): TCP_NODELAY and the send buffer cap are not set, so slow \
+             clients can hide in kernel buffers; call Hub::tune on each accepted socket"
+        );
     }
 }
 

@@ -49,8 +49,13 @@
 //!   most `outbound_capacity` queued behind it. Each upgraded socket's kernel
 //!   send buffer is capped too ([`Config::send_buffer_size`]).
 //! - The hub pings every client each [`Config::heartbeat_interval`] and drops
-//!   those silent for two intervals; client messages are read and discarded,
-//!   and one over [`Config::max_message_size`] closes the connection (1009).
+//!   those silent for two intervals. A message over
+//!   [`Config::max_message_size`] closes the connection (1009).
+//! - Client messages go to the handler of a hub made with
+//!   [`Hub::with_handler`], whole and in order, one at a time per
+//!   connection; a connection waits for the handler before reading more.
+//!   Other hubs discard them without buffering. [`Hub::send`] replies to
+//!   one connection.
 //!
 //! # Modules
 //!
@@ -60,12 +65,18 @@
 //! - `handshake`: the opening handshake checks and [`HandshakeError`].
 //! - `connection`: one connection's task, a small hand-written future.
 //! - `outbox`: each connection's queue of shared frames.
-//! - `frame`: encoding server frames and parsing client frames.
+//! - `frame`: encoding server frames and parsing client frames, built on
+//!   tungstenite's frame header; `utf8` checks text as it streams in.
+//! - `message`: [`Message`] and [`ConnectionId`].
 //! - `event`: [`Event`], [`Product`] and the documents they carry.
 //! - `config`: [`Config`] and its defaults.
 //!
-//! The WebSocket protocol layer is [`tungstenite`], re-exported for its
-//! message and close-code types.
+//! No public signature names a tungstenite type, so its version is not part
+//! of this crate's API:
+//!
+//! ```compile_fail
+//! use ocha_realtime::tungstenite;
+//! ```
 
 #![deny(missing_docs)]
 
@@ -75,12 +86,14 @@ mod event;
 mod frame;
 mod handshake;
 mod hub;
+mod message;
 mod outbox;
 mod registry;
+mod utf8;
 
 pub use config::{Config, OCHA_WELCOME};
 pub use event::{Event, ExtraChf, Product, Size};
 pub use handshake::{is_websocket_upgrade, HandshakeError};
 pub use hub::Hub;
+pub use message::{ConnectionId, Message};
 pub use registry::Stats;
-pub use tokio_tungstenite::tungstenite;

@@ -16,6 +16,9 @@ pub(crate) enum CloseReason {
     SlowConsumer,
     /// The client sent nothing for two heartbeat intervals: drop it.
     HeartbeatTimeout,
+    /// The connection is closing on its own (the client closed, or broke
+    /// the protocol): nothing more is queued for it.
+    Closing,
 }
 
 /// What [`Outbox::push`] did with a frame.
@@ -57,37 +60,51 @@ impl Outbox {
 
     /// Queues `frame` unless `capacity` frames already wait; a full queue
     /// closes the connection as a slow consumer and frees what it held.
-    pub(crate) fn push(&self, frame: &Bytes, capacity: usize) -> Pushed {
+    ///
+    /// The connection's waker, if it needs waking, is added to `wake`: the
+    /// caller wakes it once it holds no lock the connection might need.
+    pub(crate) fn push(&self, frame: &Bytes, capacity: usize, wake: &mut Vec<Waker>) -> Pushed {
         let mut queue = self.lock();
         if queue.close.is_some() {
             return Pushed::Refused;
         }
-        let (pushed, waker) = if queue.frames.len() < capacity {
-            queue.frames.push_back(frame.clone());
-            // A connection with frames already queued has been woken for them.
-            let waker = (queue.frames.len() == 1).then(|| queue.waker.clone());
-            (Pushed::Queued, waker.flatten())
-        } else {
+        if queue.frames.len() >= capacity {
             queue.frames = VecDeque::new();
             queue.close = Some(CloseReason::SlowConsumer);
-            (Pushed::Overflowed, queue.waker.clone())
-        };
-        drop(queue);
-        wake(waker);
-        pushed
+            wake.extend(queue.waker.clone());
+            return Pushed::Overflowed;
+        }
+        queue.frames.push_back(frame.clone());
+        // A connection with frames already queued has been woken for them.
+        if queue.frames.len() == 1 {
+            wake.extend(queue.waker.clone());
+        }
+        Pushed::Queued
     }
 
-    /// Asks the connection to close; false if it was closing already.
-    pub(crate) fn close(&self, reason: CloseReason) -> bool {
+    /// Asks the connection to close, adding its waker to `wake`; false if
+    /// it was closing already.
+    pub(crate) fn close(&self, reason: CloseReason, wake: &mut Vec<Waker>) -> bool {
         let mut queue = self.lock();
         if queue.close.is_some() {
             return false;
         }
         queue.close = Some(reason);
-        let waker = queue.waker.clone();
-        drop(queue);
-        wake(waker);
+        wake.extend(queue.waker.clone());
         true
+    }
+
+    /// Refuses every frame from now on: the connection is closing. The
+    /// frames waiting are moved to the end of `sending` if it is given, and
+    /// dropped otherwise.
+    pub(crate) fn refuse_more(&self, sending: Option<&mut VecDeque<Bytes>>) {
+        let mut queue = self.lock();
+        queue.close.get_or_insert(CloseReason::Closing);
+        let frames = std::mem::take(&mut queue.frames);
+        drop(queue);
+        if let Some(sending) = sending {
+            sending.extend(frames);
+        }
     }
 
     /// Moves the queued frames to `sending` once it is empty, and returns the
@@ -110,7 +127,8 @@ impl Outbox {
             queue.waker = Some(cx.waker().clone());
         }
         if sending.is_empty() {
-            // Swapping keeps both buffers' capacity: no allocation per event.
+            // Swapping keeps both buffers' capacity: no allocation per event
+            // (the connection trims `sending` after a burst).
             std::mem::swap(sending, &mut queue.frames);
         } else if queue.close.is_some() {
             // Closing: whatever is left is sent before the close frame, or
@@ -135,13 +153,5 @@ impl Outbox {
         self.queue
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
-
-/// Wakes a connection after its queue's lock is released, so that the
-/// connection, if it runs at once on another thread, finds the lock free.
-fn wake(waker: Option<Waker>) {
-    if let Some(waker) = waker {
-        waker.wake();
     }
 }

@@ -2,17 +2,33 @@
 //! `max_connections`, fan-out of frames to every outbox, the heartbeat, and
 //! the hub's counters.
 
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::Waker;
 use std::time::Duration;
 
 use bytes::Bytes;
-use slab::Slab;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::outbox::{CloseReason, Outbox, Pushed};
-use crate::{frame, Config};
+use crate::{frame, Config, ConnectionId, Message};
+
+/// Connections are spread over this many independently locked shards, so a
+/// connect or disconnect waits for at most one shard's share of a fan-out.
+const SHARDS: usize = 32;
+
+/// The application's message handler, with the hub it belongs to passed in
+/// rather than captured (the registry owns the handler: capturing would be
+/// a reference cycle).
+pub(crate) type Handler = Box<
+    dyn Fn(Arc<Registry>, ConnectionId, Message) -> Pin<Box<dyn Future<Output = ()> + Send>>
+        + Send
+        + Sync,
+>;
 
 /// A snapshot of a hub's counters, from [`Hub::stats`](crate::Hub::stats).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -33,22 +49,32 @@ pub struct Stats {
     pub heartbeat_timeouts: u64,
 }
 
+type Shard = Mutex<HashMap<ConnectionId, Arc<Outbox>>>;
+
 /// State shared by a hub's handles and its connections.
-#[derive(Debug)]
 pub(crate) struct Registry {
     pub(crate) config: Config,
-    welcome: Bytes,
-    /// Open connections. Publishing walks them under the lock and a
-    /// connection joins under the same lock, with its welcome ahead of its
-    /// outbox, so each client gets the welcome first and then every later
-    /// event.
-    outboxes: Mutex<Slab<Arc<Outbox>>>,
+    welcome: Option<Bytes>,
+    pub(crate) handler: Option<Handler>,
+    /// Open connections by id, in shards. A connection's welcome is ahead
+    /// of anything in its outbox, so each client gets the welcome first and
+    /// then every event published after it joined.
+    shards: Box<[Shard]>,
+    /// Held through a whole fan-out, so that concurrent publishes reach
+    /// every connection in the same order; holds the wakers to call after
+    /// each shard is unlocked.
+    publishing: Mutex<Vec<Waker>>,
+    next_id: AtomicU64,
     /// Connection slots in use; see [`Slot`].
     slots: AtomicUsize,
     /// Woken whenever a slot is released, for [`Registry::close_all`].
     slot_released: Notify,
     shutting_down: AtomicBool,
     heartbeat_started: AtomicBool,
+    /// Whether the application tuned accepted sockets itself, so upgrades
+    /// it hands over wrapped (as axum does) need no warning.
+    pub(crate) sockets_tuned: AtomicBool,
+    pub(crate) untuned_warned: AtomicBool,
     /// The registry clock's zero, for `Outbox::last_seen`.
     epoch: Instant,
     accepted: AtomicU64,
@@ -58,16 +84,34 @@ pub(crate) struct Registry {
     heartbeat_timeouts: AtomicU64,
 }
 
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("config", &self.config)
+            .field("handler", &self.handler.is_some())
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Registry {
-    pub(crate) fn new(config: Config) -> Registry {
+    pub(crate) fn new(config: Config, handler: Option<Handler>) -> Registry {
         Registry {
-            welcome: frame::text(config.welcome.as_bytes()),
+            welcome: config
+                .welcome
+                .as_deref()
+                .map(|text| frame::text(text.as_bytes())),
             config,
-            outboxes: Mutex::default(),
+            handler,
+            shards: (0..SHARDS).map(|_| Shard::default()).collect(),
+            publishing: Mutex::default(),
+            next_id: AtomicU64::new(0),
             slots: AtomicUsize::new(0),
             slot_released: Notify::new(),
             shutting_down: AtomicBool::new(false),
             heartbeat_started: AtomicBool::new(false),
+            sockets_tuned: AtomicBool::new(false),
+            untuned_warned: AtomicBool::new(false),
             epoch: Instant::now(),
             accepted: AtomicU64::new(0),
             events_published: AtomicU64::new(0),
@@ -86,36 +130,47 @@ impl Registry {
         self.shutting_down.load(Ordering::Acquire)
     }
 
-    /// Adds a connection and returns its key and the welcome to send first;
+    /// Adds a connection and returns its id and the welcome to send first;
     /// every event published from here on reaches its outbox.
-    pub(crate) fn register(self: &Arc<Self>, outbox: &Arc<Outbox>) -> (usize, Bytes) {
+    pub(crate) fn register(
+        self: &Arc<Self>,
+        outbox: &Arc<Outbox>,
+    ) -> (ConnectionId, Option<Bytes>) {
         if !self.heartbeat_started.swap(true, Ordering::AcqRel) {
             tokio::spawn(heartbeat(Arc::downgrade(self)));
         }
-        let mut outboxes = self.outboxes();
+        let id = ConnectionId(self.next_id.fetch_add(1, Ordering::Relaxed));
+        let mut shard = self.shard(id);
         if self.is_shutting_down() {
-            outbox.close(CloseReason::GoingAway);
+            outbox.close(CloseReason::GoingAway, &mut Vec::new());
         }
+        shard.insert(id, outbox.clone());
+        drop(shard);
         self.accepted.fetch_add(1, Ordering::Relaxed);
-        (outboxes.insert(outbox.clone()), self.welcome.clone())
+        (id, self.welcome.clone())
     }
 
-    pub(crate) fn deregister(&self, key: usize) {
-        self.outboxes().remove(key);
+    pub(crate) fn deregister(&self, id: ConnectionId) {
+        self.shard(id).remove(&id);
     }
 
     /// Queues an event's frame on every open connection and returns how many
     /// took it.
     pub(crate) fn publish(&self, frame: &Bytes) -> usize {
         let capacity = self.config.outbound_capacity;
-        let mut reached = 0;
-        let mut overflowed = 0;
-        for (_, outbox) in self.outboxes().iter() {
-            match outbox.push(frame, capacity) {
-                Pushed::Queued => reached += 1,
-                Pushed::Overflowed => overflowed += 1,
-                Pushed::Refused => {}
+        let mut wake = lock(&self.publishing);
+        let (mut reached, mut overflowed) = (0, 0);
+        for shard in self.shards.iter() {
+            for outbox in lock(shard).values() {
+                match outbox.push(frame, capacity, &mut wake) {
+                    Pushed::Queued => reached += 1,
+                    Pushed::Overflowed => overflowed += 1,
+                    Pushed::Refused => {}
+                }
             }
+            // Woken outside the shard lock: connects and disconnects in
+            // this shard need not wait for the wake-ups.
+            wake.drain(..).for_each(Waker::wake);
         }
         self.count_slow(overflowed);
         self.events_published.fetch_add(1, Ordering::Relaxed);
@@ -123,13 +178,31 @@ impl Registry {
         reached
     }
 
+    /// Queues a frame on one connection; false if it is gone or closing.
+    pub(crate) fn send(&self, to: ConnectionId, frame: &Bytes) -> bool {
+        let Some(outbox) = self.shard(to).get(&to).cloned() else {
+            return false;
+        };
+        let mut wake = Vec::new();
+        let pushed = outbox.push(frame, self.config.outbound_capacity, &mut wake);
+        wake.into_iter().for_each(Waker::wake);
+        match pushed {
+            Pushed::Queued => true,
+            Pushed::Overflowed => {
+                self.count_slow(1);
+                false
+            }
+            Pushed::Refused => false,
+        }
+    }
+
     /// Closes every connection with 1001 and refuses new ones; returns once
     /// every slot is free, or at `deadline`.
     pub(crate) async fn close_all(&self, deadline: Duration) {
         self.shutting_down.store(true, Ordering::Release);
-        for (_, outbox) in self.outboxes().iter() {
-            outbox.close(CloseReason::GoingAway);
-        }
+        self.for_each(|outbox, wake| {
+            outbox.close(CloseReason::GoingAway, wake);
+        });
         let all_gone = async {
             loop {
                 let released = self.slot_released.notified();
@@ -161,13 +234,29 @@ impl Registry {
         }
     }
 
-    fn outboxes(&self) -> MutexGuard<'_, Slab<Arc<Outbox>>> {
-        // Updates are single slab operations; a panic cannot leave the slab
-        // half-changed.
-        self.outboxes
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// Calls `f` on every open connection, shard by shard, and wakes the
+    /// connections it asked to wake once their shard is unlocked.
+    fn for_each(&self, mut f: impl FnMut(&Outbox, &mut Vec<Waker>)) {
+        let mut wake = Vec::new();
+        for shard in self.shards.iter() {
+            for outbox in lock(shard).values() {
+                f(outbox, &mut wake);
+            }
+            wake.drain(..).for_each(Waker::wake);
+        }
     }
+
+    fn shard(&self, id: ConnectionId) -> MutexGuard<'_, HashMap<ConnectionId, Arc<Outbox>>> {
+        lock(&self.shards[id.0 as usize % SHARDS])
+    }
+}
+
+/// Locks `mutex`, ignoring poison: every critical section here is a single
+/// map or queue operation, which a panic cannot leave half-done.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Pings every connection each interval and drops the ones that stayed
@@ -180,10 +269,11 @@ async fn heartbeat(registry: Weak<Registry>) {
     else {
         return;
     };
+    // `Config` keeps the interval within bounds where neither panics.
     let mut ticks = tokio::time::interval_at(Instant::now() + interval, interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let ping = frame::ping();
-    let silence = 2 * interval.as_millis() as u64;
+    let silence = u64::try_from(interval.saturating_mul(2).as_millis()).unwrap_or(u64::MAX);
     loop {
         ticks.tick().await;
         let Some(registry) = registry.upgrade() else {
@@ -195,13 +285,13 @@ async fn heartbeat(registry: Weak<Registry>) {
         let now = registry.now();
         let capacity = registry.config.outbound_capacity;
         let (mut timeouts, mut overflowed) = (0, 0);
-        for (_, outbox) in registry.outboxes().iter() {
+        registry.for_each(|outbox, wake| {
             if now.saturating_sub(outbox.last_seen()) >= silence {
-                timeouts += u64::from(outbox.close(CloseReason::HeartbeatTimeout));
-            } else if outbox.push(&ping, capacity) == Pushed::Overflowed {
+                timeouts += u64::from(outbox.close(CloseReason::HeartbeatTimeout, wake));
+            } else if outbox.push(&ping, capacity, wake) == Pushed::Overflowed {
                 overflowed += 1;
             }
-        }
+        });
         registry
             .heartbeat_timeouts
             .fetch_add(timeouts, Ordering::Relaxed);

@@ -2,16 +2,22 @@
 
 mod support;
 
+use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc, Mutex};
+use std::task::{Context, Wake, Waker};
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use ocha_realtime::tungstenite::protocol::frame::coding::CloseCode;
-use ocha_realtime::tungstenite::Message;
-use ocha_realtime::{Config, OCHA_WELCOME};
-use support::{assert_quiet, connect, next_text, product, product_name, serve};
-use tokio::net::TcpSocket;
+use futures_util::task::noop_waker;
+use futures_util::{SinkExt, StreamExt};
+use ocha_realtime::{Config, HandshakeError, Hub, OCHA_WELCOME};
+use support::{
+    assert_quiet, connect, duplex_client, next, next_text, product, product_name, serve,
+};
+use tokio::net::{TcpListener, TcpSocket};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test]
 async fn every_client_gets_each_event_once_in_order() {
@@ -127,4 +133,171 @@ async fn a_client_that_stops_reading_is_closed_as_slow_and_others_get_everything
     assert!(slow.next().await.is_none());
     drop(slow);
     support::eventually("every client is gone", || hub.stats().connections == 0).await;
+}
+
+/// Connects a client with a small receive window that never reads, then
+/// publishes 4 KiB events, each after the hub had time to write the last,
+/// until the client is dropped from the fan-out; returns that event's index.
+async fn events_until_a_non_reader_is_dropped(hub: &Hub, addr: SocketAddr) -> usize {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(addr).await.unwrap();
+    let (mut client, _) = tokio_tungstenite::client_async(format!("ws://{addr}/"), stream)
+        .await
+        .unwrap();
+    assert_eq!(next_text(&mut client).await, OCHA_WELCOME);
+    for i in 0..5_000 {
+        if hub.publish(&product(&format!("Tea {i}"), 4096)) == 0 {
+            return i;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    panic!("a client that never reads was never dropped");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_axum_serve_tuned_sockets_keep_a_non_reader_bounded() {
+    use axum::extract::{Request, State};
+    use axum::response::IntoResponse;
+    use axum::serve::ListenerExt;
+
+    async fn websocket(State(hub): State<Hub>, request: Request) -> impl IntoResponse {
+        hub.upgrade(request)
+            .unwrap_or_else(HandshakeError::into_response)
+    }
+
+    let hub = Hub::default();
+    let app = axum::Router::new()
+        .route("/", axum::routing::get(websocket))
+        .with_state(hub.clone());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let tuner = hub.clone();
+    let listener = listener.tap_io(move |socket| tuner.tune(socket));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    // 256 queued plus what the capped kernel buffers hold, as over plain
+    // hyper; untuned, Linux would absorb about a thousand of these events.
+    let dropped_at = events_until_a_non_reader_is_dropped(&hub, addr).await;
+    assert!(dropped_at < 300, "dropped only at event {dropped_at}");
+    assert_eq!(hub.stats().slow_consumer_closes, 1);
+}
+
+#[tokio::test]
+async fn a_ping_while_a_full_batch_is_in_flight_is_answered_after_it() {
+    let hub = Hub::new(Config::default().outbound_capacity(4));
+    // A pipe far smaller than the batch, so the batch stays in flight.
+    let mut client = duplex_client(&hub, 256).await;
+    assert_eq!(next_text(&mut client).await, OCHA_WELCOME);
+    for i in 0..4 {
+        assert_eq!(hub.publish(&product(&format!("Tea {i}"), 1000)), 1);
+    }
+    // The connection takes the whole batch and blocks writing it.
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    client
+        .send(Message::Ping(b"still here".to_vec().into()))
+        .await
+        .unwrap();
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    for i in 0..4 {
+        assert_eq!(
+            product_name(&next_text(&mut client).await),
+            format!("Tea {i}")
+        );
+    }
+    match next(&mut client).await {
+        Message::Pong(payload) => assert_eq!(&payload[..], b"still here"),
+        other => panic!("expected the pong, got {other:?}"),
+    }
+    assert_eq!(hub.stats().slow_consumer_closes, 0);
+}
+
+/// A waker that, when a publish wakes its connection, stalls the publisher
+/// right there, in the middle of the fan-out, until released.
+struct StallingWaker {
+    entered: Mutex<mpsc::Sender<()>>,
+    release: Mutex<mpsc::Receiver<()>>,
+}
+
+impl Wake for StallingWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let _ = self.entered.lock().unwrap().send(());
+        let _ = self
+            .release
+            .lock()
+            .unwrap()
+            .recv_timeout(Duration::from_secs(10));
+    }
+}
+
+#[test]
+fn connects_and_disconnects_do_not_wait_for_a_fan_out() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    // Registering a connection starts the hub's heartbeat task.
+    let _runtime = runtime.enter();
+    let hub = Hub::default();
+
+    let (entered_tx, entered) = mpsc::channel();
+    let (release, release_rx) = mpsc::channel();
+    let stalling = Waker::from(Arc::new(StallingWaker {
+        entered: Mutex::new(entered_tx),
+        release: Mutex::new(release_rx),
+    }));
+    let (_stalled_client, io) = tokio::io::duplex(1024);
+    let mut stalled = Box::pin(hub.serve(io));
+    assert!(stalled
+        .as_mut()
+        .poll(&mut Context::from_waker(&stalling))
+        .is_pending());
+    let (_leaving_client, io) = tokio::io::duplex(1024);
+    let leaving_hub = hub.clone();
+    let mut leaving = Box::pin(async move { leaving_hub.serve(io).await });
+    assert!(leaving
+        .as_mut()
+        .poll(&mut Context::from_waker(&noop_waker()))
+        .is_pending());
+
+    let publisher = std::thread::spawn({
+        let hub = hub.clone();
+        move || hub.publish(&product("Hojicha", 10))
+    });
+    entered
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the publish wakes the stalled connection");
+
+    // Mid-fan-out, a client joins and another leaves.
+    let (done_tx, done) = mpsc::channel();
+    let runtime_handle = runtime.handle().clone();
+    let joining_hub = hub.clone();
+    std::thread::spawn(move || {
+        let _runtime = runtime_handle.enter();
+        let (_client, io) = tokio::io::duplex(1024);
+        let mut joining = Box::pin(joining_hub.serve(io));
+        let _ = joining
+            .as_mut()
+            .poll(&mut Context::from_waker(&noop_waker()));
+        drop(leaving);
+        let _ = done_tx.send(());
+    });
+    let waited = done.recv_timeout(Duration::from_secs(2));
+    release.send(()).unwrap();
+    // Later wakes (the pipes closing) find nothing to wait for.
+    drop(release);
+    publisher.join().unwrap();
+    assert!(
+        waited.is_ok(),
+        "a connect and a disconnect waited for the fan-out"
+    );
 }

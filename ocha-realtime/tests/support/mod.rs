@@ -10,42 +10,110 @@ use futures_util::StreamExt;
 use http_body_util::{Empty, Full};
 use hyper::{body::Incoming, server::conn::http1, service::service_fn, Request, Response};
 use hyper_util::rt::TokioIo;
-use ocha_realtime::tungstenite::Message;
 use ocha_realtime::{Config, Event, ExtraChf, HandshakeError, Hub, Product, Size};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Serves `hub` on a free port, as [`serve`] does, with a hub of your own
+/// (made with [`Hub::with_handler`], say).
+pub async fn serve_hub(hub: Hub) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(accept_loop(listener, hub));
+    addr
+}
 
 /// Serves `hub` on a free port: WebSocket upgrades on `/` (with hyper's
 /// `Incoming` body) and on `/mapped` (with the body replaced, as a framework
 /// would), and a plain route on `/health`.
 pub async fn serve(config: Config) -> (Hub, SocketAddr) {
     let hub = Hub::new(config);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server_hub = hub.clone();
-    tokio::spawn(async move {
-        loop {
-            let (stream, _) = listener.accept().await.unwrap();
-            let hub = server_hub.clone();
-            let service = service_fn(move |request: Request<Incoming>| {
-                let response = match request.uri().path() {
-                    "/" => hub.upgrade(request),
-                    "/mapped" => hub.upgrade(request.map(|_| Empty::<Bytes>::new())),
-                    _ => Ok(Response::new(Full::new(Bytes::from("ok")))),
-                };
-                let response = response.unwrap_or_else(HandshakeError::into_response);
-                async move { Ok::<_, Infallible>(response) }
-            });
-            let connection = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades();
-            tokio::spawn(connection);
-        }
-    });
+    let addr = serve_hub(hub.clone()).await;
     (hub, addr)
+}
+
+async fn accept_loop(listener: TcpListener, hub: Hub) {
+    loop {
+        let (stream, _) = listener.accept().await.unwrap();
+        let hub = hub.clone();
+        let service = service_fn(move |request: Request<Incoming>| {
+            let response = match request.uri().path() {
+                "/" => hub.upgrade(request),
+                "/mapped" => hub.upgrade(request.map(|_| Empty::<Bytes>::new())),
+                _ => Ok(Response::new(Full::new(Bytes::from("ok")))),
+            };
+            let response = response.unwrap_or_else(HandshakeError::into_response);
+            async move { Ok::<_, Infallible>(response) }
+        });
+        let connection = http1::Builder::new()
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
+        tokio::spawn(connection);
+    }
+}
+
+/// A client of `hub` over an in-process pipe of `buffer` bytes each way,
+/// served by [`Hub::serve`]: no sockets, so tests can run on a paused clock.
+pub async fn duplex_client(hub: &Hub, buffer: usize) -> WebSocketStream<DuplexStream> {
+    WebSocketStream::from_raw_socket(duplex_raw(hub, buffer), Role::Client, None).await
+}
+
+/// The client end of a pipe to a connection of `hub`, for clients that
+/// read and write raw bytes.
+pub fn duplex_raw(hub: &Hub, buffer: usize) -> DuplexStream {
+    let (client, server) = tokio::io::duplex(buffer);
+    let hub = hub.clone();
+    tokio::spawn(async move { hub.serve(server).await });
+    client
+}
+
+/// A frame as a client sends it: masked.
+pub fn client_frame(first_byte: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x37, 0xfa, 0x21, 0x3d];
+    let mut frame = vec![first_byte];
+    match payload.len() {
+        n @ 0..=125 => frame.push(0x80 | n as u8),
+        n @ 126..=65535 => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            frame.push(0x80 | 127);
+            frame.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
+
+/// Reads from `stream` until `bytes` appears, failing after five seconds
+/// or if the stream ends first.
+pub async fn read_until(stream: &mut (impl AsyncRead + Unpin), bytes: &[u8]) {
+    let mut received = Vec::new();
+    while !received.windows(bytes.len()).any(|w| w == bytes) {
+        let mut chunk = [0; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk))
+            .await
+            .unwrap_or_else(|_| panic!("no {bytes:x?} within 5 s"))
+            .unwrap();
+        assert_ne!(n, 0, "the stream ended before {bytes:x?}");
+        received.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Reads and discards until the peer hangs up, failing after `patience`.
+pub async fn read_to_end(stream: &mut (impl AsyncRead + Unpin), patience: Duration) {
+    let mut sink = [0; 4096];
+    let drained = async { while !matches!(stream.read(&mut sink).await, Ok(0) | Err(_)) {} };
+    tokio::time::timeout(patience, drained)
+        .await
+        .expect("the peer hung up in time");
 }
 
 /// Connects a client to `path` and checks that its first frame is `welcome`.
