@@ -143,7 +143,8 @@ impl Store {
     ///
     /// `on_commit` runs on the database thread right after the commit: it
     /// runs even if the caller stops waiting, once per committed product and
-    /// in commit order. It must not block.
+    /// in commit order. Every other job waits for it, so it should hand the
+    /// product off (for example to a bounded queue) rather than do slow work.
     ///
     /// When both the slug and the name are taken, reports the slug: the API
     /// contract lists that conflict first, and SQLite alone would name

@@ -22,6 +22,7 @@ use ocha_server::config::Database;
 use ocha_server::server;
 use ocha_server::store::Store;
 use serde_json::{json, Value};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
@@ -73,6 +74,12 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start(database: &Path) -> TestServer {
+        TestServer::with_hub(database, Hub::default()).await
+    }
+
+    /// A server whose WebSocket clients join `hub`, for tests that also
+    /// attach connections to the hub directly.
+    pub async fn with_hub(database: &Path, hub: Hub) -> TestServer {
         let store = Store::open(&Database::File(database.to_owned()))
             .await
             .expect("open the database");
@@ -80,7 +87,7 @@ impl TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let app = App::new(store, keys.clone(), Hub::default());
+        let app = App::new(store, keys.clone(), hub);
         let task = tokio::spawn(server::run(listener, app, async {
             let _ = stopped.await;
         }));
@@ -252,7 +259,9 @@ pub async fn ws_connect(addr: SocketAddr) -> Ws {
 }
 
 /// The next message, skipping pings and pongs; `None` once the stream ends.
-pub async fn next_message(ws: &mut Ws) -> Option<Message> {
+pub async fn next_message<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut WebSocketStream<S>,
+) -> Option<Message> {
     loop {
         let message = tokio::time::timeout(PATIENCE, ws.next())
             .await
@@ -264,7 +273,7 @@ pub async fn next_message(ws: &mut Ws) -> Option<Message> {
     }
 }
 
-pub async fn next_text(ws: &mut Ws) -> String {
+pub async fn next_text<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>) -> String {
     match next_message(ws).await {
         Some(Message::Text(text)) => text.as_str().to_owned(),
         other => panic!("expected a text message, got {other:?}"),
@@ -272,7 +281,7 @@ pub async fn next_text(ws: &mut Ws) -> String {
 }
 
 /// Asserts that no data message arrives for [`QUIET`].
-pub async fn assert_quiet(ws: &mut Ws) {
+pub async fn assert_quiet<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>) {
     if let Ok(message) = tokio::time::timeout(QUIET, next_message(ws)).await {
         panic!("expected silence, got {message:?}");
     }
