@@ -4,12 +4,15 @@
 //! bounded channel, so blocking SQLite calls never run on the async workers,
 //! and `sqlite::memory:` (which lives and dies with its connection) works
 //! like a file. Writes are serialized by that thread; with WAL, a committed
-//! product survives a crash or restart.
+//! product survives a crash or restart. A job that panics fails alone: what
+//! it had not committed is rolled back and the thread serves the next job.
 //!
 //! `slug` and `name` are unique in the schema, so the database (not a racy
 //! read-then-write) decides conflicts. `size` and `extra_chf` are stored as
 //! JSON text; listing follows insertion order (the rowid).
 
+use std::any::Any;
+use std::panic::{self, AssertUnwindSafe};
 use std::thread;
 
 use ocha_realtime::Product;
@@ -61,7 +64,11 @@ pub enum StoreError {
     /// The database thread could not be started.
     #[error("could not start the database thread: {0}")]
     Thread(#[source] std::io::Error),
-    /// The database thread is gone (it panicked).
+    /// The operation panicked (a bug): what it had not committed was rolled
+    /// back, and the store keeps serving.
+    #[error("the database operation panicked")]
+    Panicked,
+    /// The database thread is gone (it panicked while opening).
     #[error("the database thread stopped")]
     Closed,
 }
@@ -253,13 +260,30 @@ impl Store {
         let (reply, result) = oneshot::channel();
         self.jobs
             .send(Box::new(move |connection| {
+                // Unwinding drops any open `Transaction`, which rolls it
+                // back, so the connection is fit for the next job.
+                let result = panic::catch_unwind(AssertUnwindSafe(|| job(connection)))
+                    .unwrap_or_else(|panic| {
+                        tracing::error!(panic = panic_message(&*panic), "a database job panicked");
+                        Err(StoreError::Panicked)
+                    });
                 // The caller may have gone away (client disconnected); the
                 // job ran regardless, which is what a committed insert needs.
-                let _ = reply.send(job(connection));
+                let _ = reply.send(result);
             }))
             .await
             .map_err(|_| StoreError::Closed)?;
         result.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+/// The message of a `panic!` with a literal or formatted message.
+fn panic_message(panic: &(dyn Any + Send)) -> &str {
+    match panic.downcast_ref::<&str>() {
+        Some(message) => message,
+        None => panic
+            .downcast_ref::<String>()
+            .map_or("<not a string>", String::as_str),
     }
 }
 
@@ -480,6 +504,29 @@ mod tests {
         assert_eq!(
             reopened.find(product(1, true).id).await.unwrap(),
             Some(product(1, true))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_panicking_job_is_rolled_back_and_the_store_keeps_serving() {
+        let store = Store::open(&Database::Memory).await.unwrap();
+        store.insert(product(1, true), |_| {}).await.unwrap();
+
+        let panicked: Result<(), _> = store
+            .call(|connection| {
+                let transaction = connection.transaction()?;
+                transaction.execute("DELETE FROM products", [])?;
+                panic!("a bug in the middle of a transaction");
+            })
+            .await;
+        assert!(matches!(panicked, Err(StoreError::Panicked)));
+
+        // The delete was rolled back and the connection is usable.
+        store.insert(product(2, true), |_| {}).await.unwrap();
+        let page = store.list(Activity::Any, 0, 10).await.unwrap();
+        assert_eq!(
+            page.products.iter().map(|p| &p.slug).collect::<Vec<_>>(),
+            ["tea-1", "tea-2"]
         );
     }
 
