@@ -17,6 +17,7 @@ use hyper::body::Body as HttpBody;
 use ocha_realtime::{Event, HandshakeError, Hub, Product};
 use serde::Serialize;
 use time::OffsetDateTime;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::auth::Keys;
 use crate::error::{ApiError, MAX_BODY_BYTES};
@@ -26,12 +27,28 @@ use crate::product::NewProduct;
 use crate::response::{self, Body};
 use crate::store::Store;
 
+/// Committed products waiting for the broadcaster. Bounded so that a
+/// broadcaster that falls behind slows down inserts (the database thread
+/// waits for room) instead of queueing without limit; a fan-out takes
+/// milliseconds and admins create products by hand, so 1024 is never
+/// reached in normal operation.
+const BROADCAST_QUEUE: usize = 1024;
+
 /// Everything a request handler needs: storage, token keys and the hub.
 #[derive(Clone)]
 pub struct App {
     store: Store,
     keys: Keys,
     hub: Hub,
+    broadcasts: mpsc::Sender<Broadcast>,
+}
+
+/// Work for the broadcaster, done in the order it was queued.
+enum Broadcast {
+    /// Publish this committed product (boxed: a flush is tiny).
+    Product(Box<Product>),
+    /// Answer once everything queued before has been published.
+    Flush(oneshot::Sender<()>),
 }
 
 enum Route<'a> {
@@ -58,9 +75,21 @@ struct Listing<'a> {
 }
 
 impl App {
-    /// Bundles the parts a server needs.
+    /// Bundles the parts a server needs, and starts the task that
+    /// broadcasts created products to the hub.
+    ///
+    /// # Panics
+    ///
+    /// Outside a Tokio runtime.
     pub fn new(store: Store, keys: Keys, hub: Hub) -> App {
-        App { store, keys, hub }
+        let (broadcasts, queue) = mpsc::channel(BROADCAST_QUEUE);
+        tokio::spawn(broadcast(hub.clone(), queue));
+        App {
+            store,
+            keys,
+            hub,
+            broadcasts,
+        }
     }
 
     /// The hub WebSocket clients join, for shutting it down.
@@ -107,17 +136,21 @@ impl App {
         self.keys.authorize_admin(request.headers())?;
         let body = read_body(request.into_body()).await?;
         let product = NewProduct::from_json(&body)?.into_product(OffsetDateTime::now_utc());
-        let hub = self.hub.clone();
-        // Publishing from the commit hook broadcasts exactly the committed
+        let broadcasts = self.broadcasts.clone();
+        // Queueing from the commit hook broadcasts exactly the committed
         // products, in commit order, even if this request is dropped while it
-        // waits (hyper drops it when the client hangs up).
-        let publish = move |product: &Product| {
-            let reached = hub.publish(&Event::NewProduct {
-                product: product.clone(),
-            });
-            tracing::debug!(id = %product.id, reached, "product broadcast");
+        // waits (hyper drops it when the client hangs up). The fan-out itself
+        // runs on the broadcaster, not on the database thread.
+        let queue = move |product: &Product| {
+            if broadcasts
+                .blocking_send(Broadcast::Product(Box::new(product.clone())))
+                .is_err()
+            {
+                // Only when the runtime, and the broadcaster with it, is gone.
+                tracing::warn!(id = %product.id, "product committed but not broadcast");
+            }
         };
-        let product = self.store.insert(product, publish).await?;
+        let product = self.store.insert(product, queue).await?;
         Ok(response::json(
             StatusCode::CREATED,
             &WithProduct {
@@ -125,6 +158,14 @@ impl App {
                 product: &product,
             },
         ))
+    }
+
+    /// Waits until every product committed so far has been published.
+    pub(crate) async fn flush_broadcasts(&self) {
+        let (done, flushed) = oneshot::channel();
+        if self.broadcasts.send(Broadcast::Flush(done)).await.is_ok() {
+            let _ = flushed.await;
+        }
     }
 
     async fn list_products(&self, query: Option<&str>) -> Result<Response<Body>, ApiError> {
@@ -161,6 +202,23 @@ impl App {
                 product: &product,
             },
         ))
+    }
+}
+
+/// Publishes queued products in order. Ends once every [`App`] clone and
+/// every insert still holding a queue handle is gone.
+async fn broadcast(hub: Hub, mut queue: mpsc::Receiver<Broadcast>) {
+    while let Some(work) = queue.recv().await {
+        match work {
+            Broadcast::Product(product) => {
+                let id = product.id.clone();
+                let reached = hub.publish(&Event::NewProduct { product: *product });
+                tracing::debug!(%id, reached, "product broadcast");
+            }
+            Broadcast::Flush(done) => {
+                let _ = done.send(());
+            }
+        }
     }
 }
 

@@ -264,5 +264,6 @@ mod tests {
         );
         assert_eq!(ApiError::from(StoreError::NameTaken), ApiError::NameTaken);
         assert_eq!(ApiError::from(StoreError::Closed), ApiError::Internal);
+        assert_eq!(ApiError::from(StoreError::Panicked), ApiError::Internal);
     }
 }

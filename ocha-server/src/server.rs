@@ -78,8 +78,9 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
 }
 
 /// Serves HTTP and WebSocket on `listener` until `shutdown` completes, then
-/// stops accepting, closes every WebSocket with 1001 and lets in-flight
-/// requests finish (each phase bounded by [`SHUTDOWN_GRACE`]).
+/// stops accepting, broadcasts every product committed so far, closes every
+/// WebSocket with 1001 and lets in-flight requests finish (the closes and
+/// the requests each bounded by [`SHUTDOWN_GRACE`]).
 pub async fn run(listener: TcpListener, app: App, shutdown: impl Future<Output = ()>) {
     // Each connection task holds a receiver: a send asks them to wind down,
     // and `closed()` resolves once every one has finished.
@@ -102,7 +103,13 @@ pub async fn run(listener: TcpListener, app: App, shutdown: impl Future<Output =
     info!("shutting down: closing WebSockets and finishing requests");
     let _ = stop.send(());
     let requests_done = tokio::time::timeout(SHUTDOWN_GRACE, stop.closed());
-    let ((), requests_done) = tokio::join!(app.hub().shutdown(SHUTDOWN_GRACE), requests_done);
+    let close_hub = async {
+        // Broadcasts queued behind the commit hook would be refused once
+        // the hub closes; a fan-out never waits on a client, so this is short.
+        app.flush_broadcasts().await;
+        app.hub().shutdown(SHUTDOWN_GRACE).await;
+    };
+    let ((), requests_done) = tokio::join!(close_hub, requests_done);
     if requests_done.is_err() {
         warn!("requests still running at the shutdown deadline were cut off");
     }

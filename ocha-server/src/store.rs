@@ -1,16 +1,18 @@
 //! Product storage in SQLite.
 //!
 //! One dedicated thread owns the connection and runs jobs sent over a
-//! channel, so blocking SQLite calls never run on the async workers, and
-//! `sqlite::memory:` (which lives and dies with its connection) works like a
-//! file. Writes are serialized by that thread; with WAL, a committed product
-//! survives a crash or restart.
+//! bounded channel, so blocking SQLite calls never run on the async workers,
+//! and `sqlite::memory:` (which lives and dies with its connection) works
+//! like a file. Writes are serialized by that thread; with WAL, a committed
+//! product survives a crash or restart. A job that panics fails alone: what
+//! it had not committed is rolled back and the thread serves the next job.
 //!
 //! `slug` and `name` are unique in the schema, so the database (not a racy
 //! read-then-write) decides conflicts. `size` and `extra_chf` are stored as
 //! JSON text; listing follows insertion order (the rowid).
 
-use std::sync::mpsc;
+use std::any::Any;
+use std::panic::{self, AssertUnwindSafe};
 use std::thread;
 
 use ocha_realtime::Product;
@@ -18,7 +20,7 @@ use rusqlite::types::Type;
 use rusqlite::{ffi, params, Connection, OptionalExtension, Row};
 use serde::de::DeserializeOwned;
 use thiserror::Error;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Database;
 
@@ -62,7 +64,11 @@ pub enum StoreError {
     /// The database thread could not be started.
     #[error("could not start the database thread: {0}")]
     Thread(#[source] std::io::Error),
-    /// The database thread is gone (it panicked).
+    /// The operation panicked (a bug): what it had not committed was rolled
+    /// back, and the store keeps serving.
+    #[error("the database operation panicked")]
+    Panicked,
+    /// The database thread is gone (it panicked while opening).
     #[error("the database thread stopped")]
     Closed,
 }
@@ -102,6 +108,13 @@ pub struct Page {
     pub total: u64,
 }
 
+/// Jobs waiting for the database thread. When it falls this far behind,
+/// callers wait for room (each in its own request) instead of growing the
+/// queue without limit. A job is one indexed query or insert, well under a
+/// millisecond, so a full queue is under a second of work: room for bursts
+/// while keeping how long a queued request waits short.
+const JOB_QUEUE: usize = 1024;
+
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 
 /// A handle to the database thread. Cloning is cheap; the thread and its
@@ -115,7 +128,7 @@ impl Store {
     /// Opens (creating if needed) the database, switches a file database to
     /// WAL mode and creates the schema.
     pub async fn open(database: &Database) -> Result<Store, StoreError> {
-        let (jobs, queue) = mpsc::channel::<Job>();
+        let (jobs, mut queue) = mpsc::channel::<Job>(JOB_QUEUE);
         let (opened, on_open) = oneshot::channel();
         let database = database.clone();
         thread::Builder::new()
@@ -130,7 +143,7 @@ impl Store {
                 };
                 let _ = opened.send(Ok(()));
                 // Ends when every Store handle has been dropped.
-                for job in queue {
+                while let Some(job) = queue.blocking_recv() {
                     job(&mut connection);
                 }
             })
@@ -142,8 +155,10 @@ impl Store {
     /// Inserts a product and returns it once committed.
     ///
     /// `on_commit` runs on the database thread right after the commit: it
-    /// runs even if the caller stops waiting, once per committed product and
-    /// in commit order. It must not block.
+    /// runs even if the caller stops waiting once the insert is queued (one
+    /// dropped before that commits nothing), once per committed product and
+    /// in commit order. Every other job waits for it, so it should hand the
+    /// product off (for example to a bounded queue) rather than do slow work.
     ///
     /// When both the slug and the name are taken, reports the slug: the API
     /// contract lists that conflict first, and SQLite alone would name
@@ -235,7 +250,8 @@ impl Store {
         .await
     }
 
-    /// Runs `job` on the database thread and waits for its result.
+    /// Runs `job` on the database thread and waits for its result, first
+    /// for room in the queue if it is full.
     async fn call<T, F>(&self, job: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
@@ -244,12 +260,30 @@ impl Store {
         let (reply, result) = oneshot::channel();
         self.jobs
             .send(Box::new(move |connection| {
+                // Unwinding drops any open `Transaction`, which rolls it
+                // back, so the connection is fit for the next job.
+                let result = panic::catch_unwind(AssertUnwindSafe(|| job(connection)))
+                    .unwrap_or_else(|panic| {
+                        tracing::error!(panic = panic_message(&*panic), "a database job panicked");
+                        Err(StoreError::Panicked)
+                    });
                 // The caller may have gone away (client disconnected); the
                 // job ran regardless, which is what a committed insert needs.
-                let _ = reply.send(job(connection));
+                let _ = reply.send(result);
             }))
+            .await
             .map_err(|_| StoreError::Closed)?;
         result.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+/// The message of a `panic!` with a literal or formatted message.
+fn panic_message(panic: &(dyn Any + Send)) -> &str {
+    match panic.downcast_ref::<&str>() {
+        Some(message) => message,
+        None => panic
+            .downcast_ref::<String>()
+            .map_or("<not a string>", String::as_str),
     }
 }
 
@@ -309,7 +343,11 @@ fn from_json<T: DeserializeOwned>(row: &Row<'_>, column: usize) -> rusqlite::Res
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_util::task::noop_waker_ref;
     use ocha_realtime::{ExtraChf, Size};
+    use std::future::Future;
+    use std::sync::{mpsc, Arc, Mutex};
+    use std::task::Context;
 
     fn product(n: u32, active: bool) -> Product {
         Product {
@@ -467,6 +505,83 @@ mod tests {
             reopened.find(product(1, true).id).await.unwrap(),
             Some(product(1, true))
         );
+    }
+
+    #[tokio::test]
+    async fn a_panicking_job_is_rolled_back_and_the_store_keeps_serving() {
+        let store = Store::open(&Database::Memory).await.unwrap();
+        store.insert(product(1, true), |_| {}).await.unwrap();
+
+        let panicked: Result<(), _> = store
+            .call(|connection| {
+                let transaction = connection.transaction()?;
+                transaction.execute("DELETE FROM products", [])?;
+                panic!("a bug in the middle of a transaction");
+            })
+            .await;
+        assert!(matches!(panicked, Err(StoreError::Panicked)));
+
+        // The delete was rolled back and the connection is usable.
+        store.insert(product(2, true), |_| {}).await.unwrap();
+        let page = store.list(Activity::Any, 0, 10).await.unwrap();
+        assert_eq!(
+            page.products.iter().map(|p| &p.slug).collect::<Vec<_>>(),
+            ["tea-1", "tea-2"]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_makes_callers_wait_for_room() {
+        let store = Store::open(&Database::Memory).await.unwrap();
+        // Occupy the thread until the queue has been filled.
+        let (started, on_start) = oneshot::channel();
+        let (release, blocked) = mpsc::channel::<()>();
+        let busy = tokio::spawn({
+            let store = store.clone();
+            async move {
+                store
+                    .call(move |_| {
+                        let _ = started.send(());
+                        let _ = blocked.recv();
+                        Ok(())
+                    })
+                    .await
+            }
+        });
+        on_start.await.unwrap();
+
+        // Polled by hand, so that none moves unless the test polls it, and
+        // unconstrained, so that Tokio's task budget does not make a poll
+        // pending while there is room.
+        let ran = Arc::new(Mutex::new(Vec::new()));
+        let job = |n: usize| {
+            let ran = ran.clone();
+            Box::pin(tokio::task::unconstrained(store.call(move |_| {
+                ran.lock().unwrap().push(n);
+                Ok(())
+            })))
+        };
+        let mut cx = Context::from_waker(noop_waker_ref());
+        let mut queued: Vec<_> = (0..=JOB_QUEUE).map(job).collect();
+        for call in &mut queued {
+            assert!(call.as_mut().poll(&mut cx).is_pending());
+        }
+
+        // The last call found the queue full: a call made once there is
+        // room again runs before it.
+        release.send(()).unwrap();
+        busy.await.unwrap().unwrap();
+        let (extra, overflow) = (job(JOB_QUEUE + 1), queued.pop().unwrap());
+        for call in queued {
+            call.await.unwrap();
+        }
+        extra.await.unwrap();
+        assert!(
+            !ran.lock().unwrap().contains(&JOB_QUEUE),
+            "the call made while the queue was full was queued anyway"
+        );
+        overflow.await.unwrap();
+        assert_eq!(ran.lock().unwrap().last(), Some(&JOB_QUEUE));
     }
 
     #[tokio::test]

@@ -2,17 +2,23 @@
 
 mod common;
 
+use std::future::Future;
+use std::sync::{Arc, Condvar, Mutex};
+use std::task::{Context, Wake, Waker};
 use std::time::Duration;
 
 use common::*;
 use futures_util::future::join_all;
 use http::{Method, StatusCode};
-use ocha_realtime::Event;
+use ocha_realtime::{Event, Hub};
 use ocha_server::config::Database;
 use ocha_server::store::Store;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::WebSocketStream;
 
 /// The frame every client must receive for a product created with `created`.
 fn expected_frame(created: &Reply) -> String {
@@ -251,6 +257,109 @@ async fn commits_and_broadcasts_stay_paired_when_clients_hang_up() {
     committed.sort();
     assert_eq!(broadcast, committed);
     assert!(committed.contains(&"matcha-latte-99".to_owned()));
+
+    drop(client);
+    server.stop().await;
+}
+
+/// A waker whose `wake` blocks until released, and reports being entered.
+/// `Hub::publish` wakes every connection it queues a frame for, so a
+/// publish to a connection polled with this waker stalls in the fan-out,
+/// like one to thousands of connections takes long.
+struct Stall {
+    entered: Notify,
+    released: Mutex<bool>,
+    release: Condvar,
+}
+
+impl Stall {
+    fn new() -> Arc<Stall> {
+        Arc::new(Stall {
+            entered: Notify::new(),
+            released: Mutex::new(false),
+            release: Condvar::new(),
+        })
+    }
+
+    fn release(&self) {
+        *self.released.lock().unwrap() = true;
+        self.release.notify_all();
+    }
+}
+
+impl Wake for Stall {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.entered.notify_one();
+        let mut released = self.released.lock().unwrap();
+        while !*released {
+            released = self.release.wait(released).unwrap();
+        }
+    }
+}
+
+/// Releases the stall when dropped, so that a failing assertion does not
+/// leave a thread blocked in `wake`.
+struct ReleaseOnDrop(Arc<Stall>);
+
+impl Drop for ReleaseOnDrop {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}
+
+// Two workers: after the fix, the stalled fan-out holds one of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_broadcast_does_not_hold_up_the_store() {
+    let dir = TempDir::new("stalled-broadcast");
+    let hub = Hub::default();
+    let server = TestServer::with_hub(&dir.database(), hub.clone()).await;
+
+    // A connection polled once with the stalling waker: it sends its
+    // welcome, then waits for the hub to wake it.
+    let (client, io) = tokio::io::duplex(64 * 1024);
+    let mut connection = Box::pin(async move { hub.serve(io).await });
+    let stall = Stall::new();
+    let release = ReleaseOnDrop(stall.clone());
+    let waker = Waker::from(stall.clone());
+    assert!(connection
+        .as_mut()
+        .poll(&mut Context::from_waker(&waker))
+        .is_pending());
+
+    let (addr, admin) = (server.addr, server.admin_token());
+    let first =
+        tokio::spawn(async move { post_product(addr, Some(&admin), &product_body(1)).await });
+    tokio::time::timeout(PATIENCE, stall.entered.notified())
+        .await
+        .expect("the broadcast reaches the connection");
+
+    // While that broadcast is stalled, the store serves reads and writes.
+    let listing = tokio::time::timeout(PATIENCE / 2, get(server.addr, "/api/v1/products"))
+        .await
+        .expect("a listing while a broadcast is stalled");
+    assert_eq!(listing.json()["totalProducts"], 1);
+    let second = tokio::time::timeout(
+        PATIENCE / 2,
+        post_product(server.addr, Some(&server.admin_token()), &product_body(2)),
+    )
+    .await
+    .expect("a creation while a broadcast is stalled");
+    assert_eq!(second.status, StatusCode::CREATED, "{}", second.text());
+
+    // Once the fan-out moves on, the connection gets both, in commit order.
+    drop(release);
+    let first = first.await.unwrap();
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.text());
+    tokio::spawn(connection);
+    let mut client = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
+    assert_eq!(next_text(&mut client).await, ocha_realtime::OCHA_WELCOME);
+    assert_eq!(next_text(&mut client).await, expected_frame(&first));
+    assert_eq!(next_text(&mut client).await, expected_frame(&second));
+    assert_quiet(&mut client).await;
 
     drop(client);
     server.stop().await;

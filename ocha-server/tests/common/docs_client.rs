@@ -7,9 +7,7 @@ use http::StatusCode;
 use serde_json::Value;
 use tokio::process::Child;
 
-use super::{
-    admin_token, free_low_port, post_product, product_body, start_binary, wait_healthy, TempDir,
-};
+use super::{admin_token, post_product, product_body, start_binary, TempDir};
 
 /// What the docs' client prints for the server's welcome.
 pub const WELCOME: &str = "Connecté au WebSocket";
@@ -26,10 +24,7 @@ pub struct DocsServer {
 impl DocsServer {
     pub async fn start(label: &str) -> DocsServer {
         let dir = TempDir::new(label);
-        let port = free_low_port();
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let mut process = start_binary(port, &dir);
-        wait_healthy(&mut process, addr).await;
+        let (process, addr) = start_binary(&dir).await;
         DocsServer {
             dir,
             addr,

@@ -1,5 +1,6 @@
-//! Helpers for the end-to-end tests: a server on a free port, an HTTP
-//! client, WebSocket clients, the real binary and temporary directories.
+//! Helpers for the end-to-end tests: a server on a port the system picks,
+//! an HTTP client, WebSocket clients, the real binary and temporary
+//! directories.
 
 // Each test crate compiles this module and uses only part of it.
 #![allow(dead_code)]
@@ -7,7 +8,6 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -22,9 +22,10 @@ use ocha_server::config::Database;
 use ocha_server::server;
 use ocha_server::store::Store;
 use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
@@ -73,6 +74,12 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start(database: &Path) -> TestServer {
+        TestServer::with_hub(database, Hub::default()).await
+    }
+
+    /// A server whose WebSocket clients join `hub`, for tests that also
+    /// attach connections to the hub directly.
+    pub async fn with_hub(database: &Path, hub: Hub) -> TestServer {
         let store = Store::open(&Database::File(database.to_owned()))
             .await
             .expect("open the database");
@@ -80,7 +87,7 @@ impl TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let app = App::new(store, keys.clone(), Hub::default());
+        let app = App::new(store, keys.clone(), hub);
         let task = tokio::spawn(server::run(listener, app, async {
             let _ = stopped.await;
         }));
@@ -252,7 +259,9 @@ pub async fn ws_connect(addr: SocketAddr) -> Ws {
 }
 
 /// The next message, skipping pings and pongs; `None` once the stream ends.
-pub async fn next_message(ws: &mut Ws) -> Option<Message> {
+pub async fn next_message<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut WebSocketStream<S>,
+) -> Option<Message> {
     loop {
         let message = tokio::time::timeout(PATIENCE, ws.next())
             .await
@@ -264,7 +273,7 @@ pub async fn next_message(ws: &mut Ws) -> Option<Message> {
     }
 }
 
-pub async fn next_text(ws: &mut Ws) -> String {
+pub async fn next_text<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>) -> String {
     match next_message(ws).await {
         Some(Message::Text(text)) => text.as_str().to_owned(),
         other => panic!("expected a text message, got {other:?}"),
@@ -272,7 +281,7 @@ pub async fn next_text(ws: &mut Ws) -> String {
 }
 
 /// Asserts that no data message arrives for [`QUIET`].
-pub async fn assert_quiet(ws: &mut Ws) {
+pub async fn assert_quiet<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>) {
     if let Ok(message) = tokio::time::timeout(QUIET, next_message(ws)).await {
         panic!("expected silence, got {message:?}");
     }
@@ -323,12 +332,13 @@ pub fn binary() -> Command {
     command
 }
 
-/// The binary set to serve on `port` of 127.0.0.1 with [`SECRET`] and a
-/// database in `dir`, for tests that add variables before starting it.
-pub fn server_command(port: u16, dir: &TempDir) -> Command {
+/// The binary set to serve on a port the system picks (`PORT=0`) of
+/// 127.0.0.1 with [`SECRET`] and a database in `dir`, for tests that add
+/// variables before starting it.
+pub fn server_command(dir: &TempDir) -> Command {
     let mut command = binary();
     command
-        .env("PORT", port.to_string())
+        .env("PORT", "0")
         .env("HOST", "127.0.0.1")
         .env(
             "DATABASE_URL",
@@ -338,11 +348,79 @@ pub fn server_command(port: u16, dir: &TempDir) -> Command {
     command
 }
 
-/// Starts [`server_command`].
-pub fn start_binary(port: u16, dir: &TempDir) -> Child {
-    server_command(port, dir)
+/// Starts [`server_command`] and returns the process and the address it
+/// listens on.
+pub async fn start_binary(dir: &TempDir) -> (Child, SocketAddr) {
+    let (child, addr, _) = start(&mut server_command(dir)).await;
+    (child, addr)
+}
+
+/// Starts the binary as `command` sets it up, and waits until its log says
+/// where it listens: it has bound the socket by then, so it accepts
+/// connections. Returns the process, that address and the rest of the log.
+pub async fn start(command: &mut Command) -> (Child, SocketAddr, Log) {
+    let mut child = command
+        .stdout(Stdio::piped())
         .spawn()
-        .expect("start ocha-server")
+        .expect("start ocha-server");
+    let mut log = Log::of(&mut child);
+    match log.find("ocha-server listening").await {
+        Some(line) => (child, logged_addr(&line), log),
+        None => panic!(
+            "the server stopped before listening: {}",
+            stderr(&mut child).await
+        ),
+    }
+}
+
+/// The `addr` field of a log line.
+pub fn logged_addr(line: &str) -> SocketAddr {
+    line.split_whitespace()
+        .find_map(|field| field.strip_prefix("addr="))
+        .unwrap_or_else(|| panic!("no addr= in {line:?}"))
+        .parse()
+        .unwrap_or_else(|_| panic!("not an address in {line:?}"))
+}
+
+/// The binary's log (its standard output), line by line.
+///
+/// A task reads the pipe to its end whether or not the test reads the log,
+/// so the server never blocks on a full pipe.
+pub struct Log(mpsc::UnboundedReceiver<String>);
+
+impl Log {
+    /// Takes over `child`'s standard output, which must be piped.
+    pub fn of(child: &mut Child) -> Log {
+        let mut lines = BufReader::new(child.stdout.take().expect("a piped stdout")).lines();
+        let (sender, receiver) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                let _ = sender.send(line);
+            }
+        });
+        Log(receiver)
+    }
+
+    /// Reads lines until one contains `needle`; `None` if the log ends first.
+    pub async fn find(&mut self, needle: &str) -> Option<String> {
+        tokio::time::timeout(PATIENCE, async {
+            while let Some(line) = self.0.recv().await {
+                if line.contains(needle) {
+                    return Some(line);
+                }
+            }
+            None
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no log line with {needle:?} in time"))
+    }
+
+    /// Reads lines until one contains `needle`.
+    pub async fn line(&mut self, needle: &str) -> String {
+        self.find(needle)
+            .await
+            .unwrap_or_else(|| panic!("the log ended without {needle:?}"))
+    }
 }
 
 /// Stops the binary with SIGTERM and asserts a clean exit.
@@ -352,25 +430,10 @@ pub async fn stop_binary(child: &mut Child) {
     assert_eq!(status.code(), Some(0), "{}", stderr(child).await);
 }
 
-/// Waits until the server at `addr` answers its health check.
-pub async fn wait_healthy(child: &mut Child, addr: SocketAddr) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("server exited early with {status}: {}", stderr(child).await);
-        }
-        if let Ok(stream) = TcpStream::connect(addr).await {
-            drop(stream);
-            let reply = get(addr, "/api/v1/health").await;
-            assert_eq!((reply.status.as_u16(), reply.text()), (200, "Ignition!"));
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "server at {addr} not up in time"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+/// Asserts that the server at `addr` answers its health check.
+pub async fn assert_healthy(addr: SocketAddr) {
+    let reply = get(addr, "/api/v1/health").await;
+    assert_eq!((reply.status.as_u16(), reply.text()), (200, "Ignition!"));
 }
 
 /// Sends SIGTERM to the process.
@@ -399,18 +462,4 @@ pub async fn stderr(child: &mut Child) -> String {
         let _ = pipe.read_to_string(&mut text).await;
     }
     text
-}
-
-/// A port below the ephemeral range that nothing listens on right now.
-pub fn free_low_port() -> u16 {
-    static CALLS: AtomicUsize = AtomicUsize::new(0);
-    // Spread test processes, and calls within one, over 20000..32000 so
-    // concurrent tests do not probe the same port first.
-    let call = CALLS.fetch_add(1, Ordering::Relaxed);
-    let offset = (std::process::id() as usize * 37 + call * 1009) % 12_000;
-    let start = 20_000 + offset as u16;
-    (start..32_000)
-        .chain(20_000..start)
-        .find(|&port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok())
-        .expect("a free port")
 }
