@@ -1,5 +1,7 @@
 //! The hub inside an axum application: a handler hands the request to
-//! `Hub::upgrade` as it is, whatever axum's body type.
+//! `Hub::upgrade` as it is, whatever axum's body type. `axum::serve` wraps
+//! each socket before hyper sees it, so the listener lets the hub tune them
+//! as they are accepted (`Hub::tune`).
 //!
 //!     cargo run -p examples --example embed_axum
 //!     cargo run -p examples --example listen          # in another terminal
@@ -13,6 +15,7 @@
 use axum::extract::{Request, State};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use ocha_realtime::{Event, HandshakeError, Hub, Product};
 
@@ -28,11 +31,13 @@ async fn publish(State(hub): State<Hub>, Json(product): Json<Product>) -> String
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
+    let hub = Hub::default();
     let app = Router::new()
         .route("/", get(websocket))
         .route("/products", post(publish))
-        .with_state(Hub::default());
+        .with_state(hub.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:5001").await?;
     println!("listening on ws://{}", listener.local_addr()?);
+    let listener = listener.tap_io(move |socket| hub.tune(socket));
     axum::serve(listener, app).await
 }
