@@ -180,6 +180,7 @@ for s in servers:
     lost = [get(r, "deliveries", "lost") for r in lat + b2b]
     rows[s] = {
         "rss": median(lat, "server", "rss_per_idle_conn_kib"),
+        "rss_drained": median(b2b, "server", "rss_per_conn_drained_kib"),
         "cpu": median(lat, "server", "cpu_us_per_delivery"),
         "all_p50": median(lat, "deliveries", "all_clients_ms", "p50"),
         "p99": median(lat, "deliveries", "latency_ms", "p99"),
@@ -205,12 +206,13 @@ runs = "one run" if repeat == "1" else f"median of {repeat} runs"
 print(f"{clients} clients, {events} events ({interval_ms} ms apart for latency, back-to-back for throughput), "
       f"{runs} per mode, each on a fresh server; {os.cpu_count()} cores, Linux {platform.release()}; "
       f"server CPU and RSS from /proc, loadgen (one thread) on the same machine.\n")
-print("| server | RSS/idle conn (KiB) | CPU/delivery (µs) | CPU vs Node | all-clients p50 (ms) "
-      "| p99 latency (ms) | deliveries/s (b2b) | b2b vs Node | lost |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+print("| server | RSS/idle conn (KiB) | RSS/conn after b2b drained (KiB) | CPU/delivery (µs) | CPU vs Node "
+      "| all-clients p50 (ms) | p99 latency (ms) | deliveries/s (b2b) | b2b vs Node | lost |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for s in servers:
     r = rows[s]
-    print(f"| {names.get(s, s)} | {fmt(r['rss'], 2)} | {fmt(r['cpu'], 2)} | {ratio(r['cpu'], node.get('cpu'))} "
+    print(f"| {names.get(s, s)} | {fmt(r['rss'], 2)} | {fmt(r['rss_drained'], 2)} "
+          f"| {fmt(r['cpu'], 2)} | {ratio(r['cpu'], node.get('cpu'))} "
           f"| {fmt(r['all_p50'], 1)} | {fmt(r['p99'], 1)} | {fmt(r['rate'], 0)} "
           f"| {ratio(r['rate'], node.get('rate'))} | {'n/a' if r['lost'] is None else r['lost']} |")
 slow = [s for s in servers if rows[s]["slow_requested"]]

@@ -69,6 +69,9 @@ pub(crate) struct ServerReport {
     pub(crate) rss_connected_kib: u64,
     pub(crate) rss_per_idle_conn_kib: f64,
     pub(crate) rss_end_kib: u64,
+    /// RSS `--settle-ms` after the last delivery.
+    pub(crate) rss_drained_kib: u64,
+    pub(crate) rss_per_conn_drained_kib: f64,
     pub(crate) rss_peak_kib: u64,
     pub(crate) cpu_ms: f64,
     pub(crate) cpu_us_per_delivery: Option<f64>,
@@ -172,8 +175,10 @@ impl Report {
         match &self.server {
             Some(s) => {
                 println!(
-                "  server RSS       {} KiB idle, {} KiB connected = {:.2} KiB per idle connection; end {} KiB, peak {} KiB",
-                s.rss_baseline_kib, s.rss_connected_kib, s.rss_per_idle_conn_kib, s.rss_end_kib, s.rss_peak_kib
+                "  server RSS       {} KiB idle, {} KiB connected = {:.2} KiB per idle connection; end {} KiB, \
+                 drained {} KiB = {:.2} KiB per connection, peak {} KiB",
+                s.rss_baseline_kib, s.rss_connected_kib, s.rss_per_idle_conn_kib, s.rss_end_kib,
+                s.rss_drained_kib, s.rss_per_conn_drained_kib, s.rss_peak_kib
             );
                 println!(
                     "  server CPU       {:.0} ms = {} per delivery",

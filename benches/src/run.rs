@@ -133,6 +133,9 @@ pub async fn run(args: Args) -> Result<Report, String> {
     let cpu_after = probe.cpu();
     let self_cpu_after = procfs::cpu_ticks(None).ok();
     let end_memory = probe.memory();
+    // Once every event has drained, a connection should be back to its idle size.
+    sleep(Duration::from_millis(args.settle_ms)).await;
+    let drained_memory = probe.memory();
     shared.stopping.store(true, Relaxed);
 
     let recv: Vec<u32> = shared.recv.iter().map(|a| a.load(Relaxed)).collect();
@@ -166,18 +169,22 @@ pub async fn run(args: Args) -> Result<Report, String> {
         baseline,
         after_connect,
         end_memory,
+        drained_memory,
         cpu_before,
         cpu_after,
     ) {
-        (Some(pid), Some(base), Some(conn), Some(end), Some(cpu0), Some(cpu1)) => {
+        (Some(pid), Some(base), Some(conn), Some(end), Some(drained), Some(cpu0), Some(cpu1)) => {
+            let per_client =
+                |kib: u64| (kib as f64 - base.rss_kib as f64) / args.clients.max(1) as f64;
             let ticks = cpu1.saturating_sub(cpu0);
             Some(ServerReport {
                 pid,
                 rss_baseline_kib: base.rss_kib,
                 rss_connected_kib: conn.rss_kib,
-                rss_per_idle_conn_kib: (conn.rss_kib as f64 - base.rss_kib as f64)
-                    / args.clients.max(1) as f64,
+                rss_per_idle_conn_kib: per_client(conn.rss_kib),
                 rss_end_kib: end.rss_kib,
+                rss_drained_kib: drained.rss_kib,
+                rss_per_conn_drained_kib: per_client(drained.rss_kib),
                 rss_peak_kib: end.peak_kib,
                 cpu_ms: ticks as f64 * 1e3 / procfs::clock_ticks_per_second() as f64,
                 cpu_us_per_delivery: cpu_us_per_delivery(ticks, deliveries.received),
