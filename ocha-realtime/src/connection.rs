@@ -154,6 +154,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
                 Ok(Some(Received::Message(message))) if self.closing.is_none() => {
                     if let Some(handler) = &self.slot.0.handler {
                         self.handling = Some(handler(self.slot.0.clone(), self.id, message));
+                        self.outbox.busy();
                     }
                 }
                 Ok(Some(Received::Ping(payload))) if self.closing.is_none() => {

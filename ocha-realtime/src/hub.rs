@@ -49,9 +49,9 @@ impl Hub {
     /// A connection reads nothing more until the future `handler` returned
     /// for its last message completes, so an application that falls behind
     /// slows its clients down through TCP instead of buffering their
-    /// messages. Messages are reassembled up to
-    /// [`Config::max_message_size`], and text is checked to be UTF-8 (the
-    /// connection closes with 1007 otherwise). A connection that closes
+    /// messages; the heartbeat does not count a waiting client as silent.
+    /// Messages are reassembled up to [`Config::max_message_size`], and text
+    /// is checked to be UTF-8 (the connection closes with 1007 otherwise). A connection that closes
     /// stops delivering messages; a handler's future still running then
     /// runs until the connection is gone and is dropped with it.
     ///

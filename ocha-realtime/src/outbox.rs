@@ -143,6 +143,12 @@ impl Outbox {
         self.last_seen.store(now, Ordering::Relaxed);
     }
 
+    /// Records that the client waits on the application's handler: it is
+    /// not silent, so the heartbeat leaves it alone until the next `seen`.
+    pub(crate) fn busy(&self) {
+        self.last_seen.store(u64::MAX, Ordering::Relaxed);
+    }
+
     pub(crate) fn last_seen(&self) -> u64 {
         self.last_seen.load(Ordering::Relaxed)
     }

@@ -286,6 +286,7 @@ async fn heartbeat(registry: Weak<Registry>) {
         let capacity = registry.config.outbound_capacity;
         let (mut timeouts, mut overflowed) = (0, 0);
         registry.for_each(|outbox, wake| {
+            // A client waiting on the handler was seen "in the future".
             if now.saturating_sub(outbox.last_seen()) >= silence {
                 timeouts += u64::from(outbox.close(CloseReason::HeartbeatTimeout, wake));
             } else if outbox.push(&ping, capacity, wake) == Pushed::Overflowed {

@@ -180,3 +180,21 @@ async fn a_hub_without_a_handler_discards_messages() {
     read_until(&mut client, b"\x8a\x05after").await;
     assert_eq!(hub.stats().connections, 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_client_waiting_on_the_handler_is_not_dropped_as_silent() {
+    let interval = Duration::from_secs(30);
+    let config = Config::default()
+        .without_welcome()
+        .heartbeat_interval(interval);
+    // A handler that never finishes.
+    let hub = Hub::with_handler(config, |_hub, _from, _message| std::future::pending());
+    let mut client = support::duplex_raw(&hub, 64 * 1024);
+    client
+        .write_all(&client_frame(0x81, b"slow"))
+        .await
+        .unwrap();
+    tokio::time::sleep(10 * interval).await;
+    let stats = hub.stats();
+    assert_eq!((stats.connections, stats.heartbeat_timeouts), (1, 0));
+}
