@@ -84,6 +84,9 @@ mod config;
 mod connection;
 mod event;
 mod frame;
+#[cfg(any(test, fuzzing))]
+#[doc(hidden)]
+pub mod fuzzing;
 mod handshake;
 mod hub;
 mod message;
