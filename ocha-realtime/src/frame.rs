@@ -307,9 +307,6 @@ impl Inbound {
                 Ok(None)
             };
         }
-        if self.keep {
-            self.payload.reserve(length as usize);
-        }
         self.state = State::Data {
             mask,
             offset: 0,
