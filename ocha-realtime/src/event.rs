@@ -5,6 +5,8 @@
 
 use serde::{Deserialize, Serialize};
 
+mod js_number;
+
 /// An event pushed to every connected client.
 ///
 /// Serialized with its kind in a leading `type` field, as the Ocha API does:
@@ -94,27 +96,6 @@ impl Default for ExtraChf {
             m: 2.0,
             l: 3.0,
         }
-    }
-}
-
-/// Numbers as JavaScript prints them: whole values without a fraction
-/// (`2`, not `2.0`), so documents match the Ocha API's byte for byte.
-mod js_number {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    /// Largest integer a JavaScript number holds exactly.
-    const MAX_SAFE_INTEGER: f64 = 9_007_199_254_740_991.0;
-
-    pub fn serialize<S: Serializer>(value: &f64, serializer: S) -> Result<S::Ok, S::Error> {
-        if value.fract() == 0.0 && value.abs() <= MAX_SAFE_INTEGER {
-            serializer.serialize_i64(*value as i64)
-        } else {
-            serializer.serialize_f64(*value)
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
-        f64::deserialize(deserializer)
     }
 }
 
