@@ -1,6 +1,7 @@
 //! Every number in a document is written as JavaScript writes it: Node.js
 //! prints `String(x)` for a large sample of doubles, and the serialized
-//! documents must hold exactly the same text.
+//! documents must hold exactly the same text, and read back as the same
+//! number.
 //!
 //! Needs `node` on the PATH (`scripts/test.sh` installs it).
 
@@ -84,18 +85,21 @@ fn sample() -> Vec<f64> {
     xs
 }
 
-/// The number as a document carries it: a surcharge inside `extra_chf`.
-fn serialized(x: f64) -> String {
+/// The number as a document carries it, a surcharge inside `extra_chf`, and
+/// the number read back from that document.
+fn round_trip(x: f64) -> (String, f64) {
     let json = serde_json::to_string(&ExtraChf {
         s: x,
         m: 0.0,
         l: 0.0,
     })
     .unwrap();
-    json.strip_prefix(r#"{"S":"#)
+    let number = json
+        .strip_prefix(r#"{"S":"#)
         .and_then(|rest| rest.strip_suffix(r#","M":0,"L":0}"#))
-        .unwrap_or_else(|| panic!("unexpected document {json}"))
-        .to_owned()
+        .unwrap_or_else(|| panic!("unexpected document {json}"));
+    let back: ExtraChf = serde_json::from_str(&json).unwrap();
+    (number.to_owned(), back.s)
 }
 
 /// `String(x)` in Node.js for each of `xs`, in one run.
@@ -130,7 +134,7 @@ fn node_strings(xs: &[f64], dir: &Path) -> Vec<String> {
 }
 
 #[test]
-fn numbers_serialize_exactly_as_javascript_prints_them() {
+fn numbers_serialize_exactly_as_javascript_prints_them_and_read_back() {
     let xs = sample();
     let expected = node_strings(&xs, Path::new(env!("CARGO_TARGET_TMPDIR")));
     assert_eq!(expected.len(), xs.len(), "node printed one line per number");
@@ -139,13 +143,21 @@ fn numbers_serialize_exactly_as_javascript_prints_them() {
         .iter()
         .zip(&expected)
         .filter_map(|(&x, js)| {
-            let ours = serialized(x);
-            (ours != *js).then(|| format!("{:016x}: JavaScript {js}, ours {ours}", x.to_bits()))
+            let (ours, back) = round_trip(x);
+            // -0 prints as 0 and reads back as 0; every other double exactly.
+            let read_back = back.to_bits() == x.to_bits() || (x == 0.0 && back == 0.0);
+            (ours != *js || !read_back).then(|| {
+                format!(
+                    "{:016x}: JavaScript {js}, ours {ours}, read back as {:016x}",
+                    x.to_bits(),
+                    back.to_bits()
+                )
+            })
         })
         .collect();
     assert!(
         mismatches.is_empty(),
-        "{} of {} numbers differ from JavaScript, first ones:\n{}",
+        "{} of {} numbers differ from JavaScript or do not read back, first ones:\n{}",
         mismatches.len(),
         xs.len(),
         mismatches[..mismatches.len().min(20)].join("\n")
