@@ -13,7 +13,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{body::Incoming, server::conn::http1, service::service_fn, Request, Response};
 use hyper_util::rt::TokioIo;
-use ocha_realtime::{Config, HandshakeError, Hub};
+use ocha_realtime::{Config, Frame, HandshakeError, Hub};
 use tokio::net::TcpListener;
 
 #[tokio::main]
@@ -27,9 +27,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let config = Config::default()
         .without_welcome()
         .max_message_size(16 * 1024 * 1024);
-    let hub = Hub::with_handler(config, |hub, from, message| async move {
-        hub.send(from, &message);
-    });
+    let hub = Hub::builder(config)
+        .on_message(|hub, from, message| async move {
+            hub.send(from, &Frame::from(&message));
+        })
+        .build();
 
     let listener = TcpListener::bind(("127.0.0.1", port)).await?;
     println!("listening on ws://{}", listener.local_addr()?);

@@ -17,15 +17,30 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::serve::ListenerExt;
 use axum::{Json, Router};
-use ocha_realtime::{Event, HandshakeError, Hub, Product};
+use ocha_realtime::{Frame, HandshakeError, Hub};
+use serde::Serialize;
+use serde_json::value::RawValue;
 
 async fn websocket(State(hub): State<Hub>, request: Request) -> impl IntoResponse {
     hub.upgrade(request)
         .unwrap_or_else(HandshakeError::into_response)
 }
 
-async fn publish(State(hub): State<Hub>, Json(product): Json<Product>) -> String {
-    let reached = hub.publish(&Event::NewProduct { product });
+/// The event clients receive: the posted document as it came, in the Ocha
+/// API's `new_product` envelope.
+#[derive(Serialize)]
+struct NewProduct<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    product: &'a RawValue,
+}
+
+async fn publish(State(hub): State<Hub>, Json(product): Json<Box<RawValue>>) -> String {
+    let event = NewProduct {
+        kind: "new_product",
+        product: &product,
+    };
+    let reached = hub.publish(&Frame::json(&event).expect("raw JSON serializes"));
     format!("sent to {reached}\n")
 }
 

@@ -13,7 +13,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{body::Incoming, server::conn::http1, service::service_fn, Method, Request, Response};
 use hyper_util::rt::TokioIo;
-use ocha_realtime::{is_websocket_upgrade, Event, ExtraChf, HandshakeError, Hub, Product, Size};
+use ocha_realtime::{is_websocket_upgrade, Frame, HandshakeError, Hub};
+use serde::Serialize;
 use tokio::net::TcpListener;
 
 async fn handle(hub: Hub, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
@@ -30,9 +31,12 @@ async fn handle(hub: Hub, request: Request<Incoming>) -> Result<Response<Full<By
             .map(|b| b.to_bytes())
             .unwrap_or_default();
         let name = String::from_utf8_lossy(&body).trim().to_owned();
-        let reached = hub.publish(&Event::NewProduct {
-            product: product(name),
-        });
+        let event = NewProduct {
+            kind: "new_product",
+            product: ProductName { name },
+        };
+        let frame = Frame::json(&event).expect("strings serialize");
+        let reached = hub.publish(&frame);
         return Ok(Response::new(Full::new(Bytes::from(format!(
             "sent to {reached}\n"
         )))));
@@ -42,22 +46,18 @@ async fn handle(hub: Hub, request: Request<Incoming>) -> Result<Response<Full<By
     ))))
 }
 
-fn product(name: String) -> Product {
-    let now = "2026-11-27T12:00:00.000Z".to_owned();
-    Product {
-        id: "65f1c0de0123456789abcdef".into(),
-        slug: name.to_lowercase().replace(' ', "-"),
-        name,
-        category: "tea".into(),
-        description: "Published by the embed_hyper example".into(),
-        base_price_chf: 6.5,
-        is_active: true,
-        image: "/img/tea.png".into(),
-        size: vec![Size::S, Size::M, Size::L],
-        extra_chf: ExtraChf::default(),
-        created_at: now.clone(),
-        updated_at: now,
-    }
+/// Your own event type: anything `serde::Serialize`. This one has the
+/// shape of the Ocha API's `new_product`, so the `listen` example shows it.
+#[derive(Serialize)]
+struct NewProduct {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    product: ProductName,
+}
+
+#[derive(Serialize)]
+struct ProductName {
+    name: String,
 }
 
 #[tokio::main]

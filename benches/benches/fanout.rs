@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use ocha_realtime::{Config, Event, ExtraChf, Hub, Product, Size, OCHA_WELCOME};
+use ocha_realtime::{Admission, Config, Frame, Hub, OCHA_WELCOME};
+use ocha_server::event::{Event, ExtraChf, Product, Size};
 use tokio::io::{AsyncReadExt, DuplexStream};
 use tokio::runtime::Runtime;
 use tokio::sync::Notify;
@@ -92,7 +93,7 @@ fn fanout(c: &mut Criterion) {
             for _ in 0..clients {
                 let (server, client_io) = tokio::io::duplex(16 * 1024);
                 let hub = hub.clone();
-                tokio::spawn(async move { hub.serve(server).await });
+                tokio::spawn(async move { hub.serve(server, Admission::anonymous()).await });
                 tokio::spawn(client(client_io, event_len, arrivals.clone()));
             }
             arrivals.wait_all().await;
@@ -104,7 +105,9 @@ fn fanout(c: &mut Criterion) {
                 async move {
                     let started = Instant::now();
                     for _ in 0..iterations {
-                        assert_eq!(hub.publish(event), clients);
+                        // Serializing is part of the cost of a publish.
+                        let frame = Frame::json(event).unwrap();
+                        assert_eq!(hub.publish(&frame), clients);
                         arrivals.wait_all().await;
                     }
                     started.elapsed()

@@ -21,7 +21,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use crate::frame::{self, Inbound, InboundError, Received};
 use crate::outbox::{CloseReason, Outbox};
 use crate::registry::Slot;
-use crate::ConnectionId;
+use crate::{Admission, ConnectionId};
 
 /// Bytes read from the socket per call; they live on the stack of `poll`
 /// only, unless a message handler is still busy when they arrive.
@@ -81,11 +81,12 @@ enum ReadOutcome {
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
-    /// Registers a connection with the hub, its welcome to be sent first.
-    pub(crate) fn new(slot: Slot, io: IO) -> Self {
+    /// Registers a connection with the hub as `admission` says, its welcome
+    /// to be sent first.
+    pub(crate) fn new(slot: Slot, io: IO, admission: Admission) -> Self {
         let registry = &slot.0;
         let outbox = Arc::new(Outbox::new(registry.now()));
-        let (id, welcome) = registry.register(&outbox);
+        let (id, welcome) = registry.register(&outbox, admission);
         let config = &registry.config;
         let inbound = Inbound::new(config.max_message_size, registry.handler.is_some());
         tracing::debug!(connection = %id, "WebSocket open");
@@ -262,6 +263,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
                     Some(CloseReason::SlowConsumer) => {
                         self.start_close(slow_consumer_close(), false, true);
                     }
+                    Some(CloseReason::Requested(close)) => self.start_close(close, true, true),
                 }
             }
             // The outbox is empty and will wake this task for its next frame.

@@ -50,14 +50,6 @@ pub(crate) fn binary(payload: &[u8]) -> Bytes {
     encode(OpCode::Data(Data::Binary), payload)
 }
 
-/// The frame that sends `message`.
-pub(crate) fn message(message: &Message) -> Bytes {
-    match message {
-        Message::Text(text) => self::text(text.as_bytes()),
-        Message::Binary(payload) => binary(payload),
-    }
-}
-
 /// An empty ping frame.
 pub(crate) fn ping() -> Bytes {
     encode(OpCode::Control(Control::Ping), &[])

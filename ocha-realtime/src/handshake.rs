@@ -41,6 +41,10 @@ pub enum HandshakeError {
     /// The hub is shutting down.
     #[error("server is shutting down")]
     ShuttingDown,
+    /// The subprotocol the application admitted the client with is not
+    /// one the client offered in `Sec-WebSocket-Protocol`.
+    #[error("the server does not speak any subprotocol this client offered")]
+    Protocol,
     /// The request did not come through a hyper connection that supports
     /// upgrades (serve it with `.with_upgrades()`).
     #[error("this server cannot upgrade the connection")]
@@ -122,6 +126,17 @@ pub(crate) fn check<B>(request: &Request<B>, config: &Config) -> Result<String, 
         }
     }
     Ok(derive_accept_key(key.as_bytes()))
+}
+
+/// Whether the client offered `protocol` in `Sec-WebSocket-Protocol`.
+pub(crate) fn offers_protocol<B>(request: &Request<B>, protocol: &str) -> bool {
+    request
+        .headers()
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|offered| offered.trim() == protocol)
 }
 
 /// The 101 response that completes the handshake.

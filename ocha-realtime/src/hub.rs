@@ -1,31 +1,32 @@
 //! [`Hub`]: the public face of the library, from upgrade requests to
-//! publishing and shutdown.
+//! publishing, presence and shutdown.
 
-use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::{header, HeaderValue, Request, Response};
 use http_body_util::Full;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::connection::Connection;
-use crate::registry::{Handler, Registry, Slot, Stats};
-use crate::{frame, handshake, Config, ConnectionId, Event, HandshakeError, Message};
+use crate::registry::{Registry, Slot, Stats, Target};
+use crate::{frame, handshake, Admission, Config, ConnectionId, Frame, HandshakeError, HubBuilder};
 
-/// A set of WebSocket connections that receive every published [`Event`],
-/// and whose messages go to the application's handler, if it has one.
+/// A set of WebSocket connections: the hub greets them, sends them what you
+/// publish (to all, to a channel, to a user, to one connection), tells you
+/// who is connected, and hands their messages to your handler if it has one.
 ///
 /// Cloning is cheap and every clone is the same hub, so hand one to each
 /// request handler. See the [crate documentation](crate) for an example.
 #[derive(Debug, Clone)]
 pub struct Hub {
-    registry: Arc<Registry>,
+    pub(crate) registry: Arc<Registry>,
 }
 
 impl Default for Hub {
@@ -34,51 +35,51 @@ impl Default for Hub {
     }
 }
 
+/// A close code and reason [`Hub::disconnect`] cannot send.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CloseError {
+    /// Not a code an endpoint may send (RFC 6455, 7.4): use 1000–1003,
+    /// 1007–1014, or 3000–4999 for your own.
+    #[error("close code {0} may not be sent; use 1000-1003, 1007-1014 or 3000-4999")]
+    Code(u16),
+    /// The reason is over the 123 bytes a close frame has room for.
+    #[error("close reason of {0} bytes is over the 123 a close frame holds")]
+    ReasonTooLong(usize),
+}
+
 impl Hub {
     /// Creates a hub with no connections. It reads what clients send only
-    /// to answer pings and closes, and discards their messages unbuffered.
+    /// to answer pings and closes, and discards their messages unbuffered;
+    /// [`Hub::builder`] adds a message handler and a presence callback.
     pub fn new(config: Config) -> Hub {
-        Hub {
-            registry: Arc::new(Registry::new(config, None)),
-        }
+        Hub::builder(config).build()
     }
 
-    /// Creates a hub that hands every whole message a client sends to
-    /// `handler`, with this hub (to reply, say) and the sender's id.
-    ///
-    /// A connection reads nothing more until the future `handler` returned
-    /// for its last message completes, so an application that falls behind
-    /// slows its clients down through TCP instead of buffering their
-    /// messages; the heartbeat does not count a waiting client as silent.
-    /// Messages are reassembled up to [`Config::max_message_size`], and text
-    /// is checked to be UTF-8 (the connection closes with 1007 otherwise). A connection that closes
-    /// stops delivering messages; a handler's future still running then
-    /// runs until the connection is gone and is dropped with it.
-    ///
-    /// ```
-    /// use ocha_realtime::{Config, Hub};
-    ///
-    /// // An echo server.
-    /// let hub = Hub::with_handler(Config::default(), |hub, from, message| async move {
-    ///     hub.send(from, &message);
-    /// });
-    /// ```
-    pub fn with_handler<F, Fut>(config: Config, handler: F) -> Hub
-    where
-        F: Fn(Hub, ConnectionId, Message) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = ()> + Send + 'static,
-    {
-        let handler: Handler = Box::new(move |registry, from, message| {
-            Box::pin(handler(Hub { registry }, from, message))
-        });
-        Hub {
-            registry: Arc::new(Registry::new(config, Some(handler))),
-        }
+    /// Starts a hub with `config` and, optionally, application callbacks.
+    pub fn builder(config: Config) -> HubBuilder {
+        HubBuilder::new(config)
     }
 
-    /// Answers a WebSocket upgrade request: checks the handshake, returns the
-    /// `101 Switching Protocols` response to send, and runs the connection
-    /// on a new task once hyper hands over the socket.
+    /// Answers a WebSocket upgrade request from an anonymous client in no
+    /// channel; see [`upgrade_with`](Self::upgrade_with).
+    ///
+    /// # Errors
+    ///
+    /// A [`HandshakeError`] when the request is refused; send its
+    /// [`into_response`](HandshakeError::into_response) to the client.
+    pub fn upgrade<B>(&self, request: Request<B>) -> Result<Response<Full<Bytes>>, HandshakeError> {
+        self.upgrade_with(request, Admission::anonymous())
+    }
+
+    /// Answers a WebSocket upgrade request that the application admitted
+    /// as `admission` (a user, its first channels): checks the handshake,
+    /// returns the `101 Switching Protocols` response to send, and runs the
+    /// connection on a new task once hyper hands over the socket.
+    ///
+    /// Decide admission before calling this, as slowly as you need (a
+    /// token check, a database lookup): the hub is not involved until then.
+    /// To refuse, answer with a response of your own.
     ///
     /// The request may have any body type (hyper's `Incoming`, a framework's
     /// own body, or one you mapped), but must come from a hyper HTTP/1
@@ -88,11 +89,19 @@ impl Hub {
     ///
     /// A [`HandshakeError`] when the request is refused; send its
     /// [`into_response`](HandshakeError::into_response) to the client.
-    pub fn upgrade<B>(
+    pub fn upgrade_with<B>(
         &self,
         mut request: Request<B>,
+        admission: Admission,
     ) -> Result<Response<Full<Bytes>>, HandshakeError> {
         let accept = handshake::check(&request, &self.registry.config)?;
+        let protocol = match &admission.protocol {
+            Some(protocol) if handshake::offers_protocol(&request, protocol) => {
+                Some(HeaderValue::try_from(protocol).map_err(|_| HandshakeError::Protocol)?)
+            }
+            Some(_) => return Err(HandshakeError::Protocol),
+            None => None,
+        };
         if self.registry.is_shutting_down() {
             return Err(HandshakeError::ShuttingDown);
         }
@@ -112,7 +121,7 @@ impl Hub {
                 Ok(parts) => {
                     let stream = parts.io.into_inner();
                     tune(&stream, &slot.0.config);
-                    let mut connection = Connection::new(slot, stream);
+                    let mut connection = Connection::new(slot, stream, admission);
                     // Frames the client sent right behind its handshake. The
                     // bytes are a view of hyper's whole read buffer: let go.
                     connection.receive(&parts.read_buf);
@@ -121,11 +130,17 @@ impl Hub {
                 }
                 Err(upgraded) => {
                     warn_untuned(&slot.0);
-                    Connection::new(slot, TokioIo::new(upgraded)).await
+                    Connection::new(slot, TokioIo::new(upgraded), admission).await
                 }
             }
         });
-        Ok(handshake::switching_protocols(accept))
+        let mut response = handshake::switching_protocols(accept);
+        if let Some(protocol) = protocol {
+            response
+                .headers_mut()
+                .insert(header::SEC_WEBSOCKET_PROTOCOL, protocol);
+        }
+        Ok(response)
     }
 
     /// Runs a connection whose WebSocket handshake is already done, over any
@@ -134,29 +149,104 @@ impl Hub {
     /// For servers that do their own handshake and for in-process clients
     /// (tests, benchmarks). The caller decided to admit the connection, so
     /// [`Config::max_connections`] is not checked here.
-    pub async fn serve<IO>(&self, io: IO)
+    pub async fn serve<IO>(&self, io: IO, admission: Admission)
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
-        Connection::new(Slot::admitted(&self.registry), io).await;
+        Connection::new(Slot::admitted(&self.registry), io, admission).await;
     }
 
-    /// Sends `event` to every connection and returns how many it reached.
+    /// Sends `frame` to every connection and returns how many it reached.
     ///
-    /// The event is serialized and framed once; every connection queues the
-    /// same bytes. Never waits on a client: one that is `outbound_capacity`
-    /// messages behind is closed as a slow consumer instead.
-    pub fn publish(&self, event: &Event) -> usize {
-        // Events hold only strings, booleans, finite-or-null numbers and
-        // sequences of them, which serde_json always serializes.
-        let json = serde_json::to_vec(event).expect("events always serialize");
-        self.registry.publish(&frame::text(&json))
+    /// Every connection queues the same bytes. Never waits on a client: one
+    /// that is [`Config::outbound_capacity`] messages behind is closed as a
+    /// slow consumer instead. Concurrent calls reach every connection in
+    /// the same order.
+    pub fn publish(&self, frame: &Frame) -> usize {
+        self.registry.publish(&frame.0)
     }
 
-    /// Sends `message` to one connection; false if it is gone, closing, or
+    /// Sends `frame` to the members of `channel` and returns how many it
+    /// reached. Costs as much as the channel has members, however many
+    /// connections the hub holds; publishes to one channel reach its members
+    /// in the order they were made.
+    pub fn publish_to(&self, channel: &str, frame: &Frame) -> usize {
+        self.registry
+            .publish_to_group(Target::Channel(channel), &frame.0)
+    }
+
+    /// Sends `frame` to every open connection of `user` (all its tabs and
+    /// devices) and returns how many it reached.
+    pub fn send_to_user(&self, user: &str, frame: &Frame) -> usize {
+        self.registry.publish_to_group(Target::User(user), &frame.0)
+    }
+
+    /// Sends `frame` to one connection; false if it is gone, closing, or
     /// just found too far behind (it is then closed as a slow consumer).
-    pub fn send(&self, to: ConnectionId, message: &Message) -> bool {
-        self.registry.send(to, &frame::message(message))
+    pub fn send(&self, to: ConnectionId, frame: &Frame) -> bool {
+        self.registry.send(to, &frame.0)
+    }
+
+    /// Adds a connection to `channel`; false if it is gone or already in it.
+    pub fn subscribe(&self, connection: ConnectionId, channel: &str) -> bool {
+        self.registry.subscribe(connection, channel)
+    }
+
+    /// Takes a connection out of `channel`; false if it was not in it.
+    pub fn unsubscribe(&self, connection: ConnectionId, channel: &str) -> bool {
+        self.registry.unsubscribe(connection, channel)
+    }
+
+    /// Closes a connection with `code` and `reason` once what is queued for
+    /// it is sent; `Ok(false)` if it is gone or closing already.
+    ///
+    /// # Errors
+    ///
+    /// A [`CloseError`] for a code an endpoint may not send or a reason
+    /// too long for a close frame; nothing is closed then.
+    pub fn disconnect(
+        &self,
+        connection: ConnectionId,
+        code: u16,
+        reason: &str,
+    ) -> Result<bool, CloseError> {
+        Ok(self
+            .registry
+            .disconnect(connection, &close_frame(code, reason)?))
+    }
+
+    /// Closes every connection of `user` (on logout, say, or a ban) as
+    /// [`disconnect`](Self::disconnect) does; returns how many it closed.
+    ///
+    /// # Errors
+    ///
+    /// As [`disconnect`](Self::disconnect).
+    pub fn disconnect_user(
+        &self,
+        user: &str,
+        code: u16,
+        reason: &str,
+    ) -> Result<usize, CloseError> {
+        Ok(self
+            .registry
+            .disconnect_user(user, &close_frame(code, reason)?))
+    }
+
+    /// How many connections are in `channel` now.
+    pub fn channel_connections(&self, channel: &str) -> usize {
+        self.registry.group_size(Target::Channel(channel))
+    }
+
+    /// How many connections `user` has open now.
+    pub fn user_connections(&self, user: &str) -> usize {
+        self.registry.group_size(Target::User(user))
+    }
+
+    /// The users with connections in `channel` now, each with how many, in
+    /// no particular order. Anonymous connections are counted by
+    /// [`channel_connections`](Self::channel_connections) only.
+    pub fn presence(&self, channel: &str) -> Vec<(String, usize)> {
+        self.registry.presence(channel)
     }
 
     /// Sets the socket options the hub relies on, `TCP_NODELAY` and the
@@ -213,6 +303,17 @@ fn warn_untuned(registry: &Registry) {
              clients can hide in kernel buffers; call Hub::tune on each accepted socket"
         );
     }
+}
+
+/// The close frame for `code` and `reason`, if an endpoint may send them.
+fn close_frame(code: u16, reason: &str) -> Result<Bytes, CloseError> {
+    if !matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999) {
+        return Err(CloseError::Code(code));
+    }
+    if reason.len() > 123 {
+        return Err(CloseError::ReasonTooLong(reason.len()));
+    }
+    Ok(frame::close(Some(CloseCode::from(code)), reason))
 }
 
 /// Socket options for an upgraded connection. Failing to set them costs

@@ -1,12 +1,14 @@
 //! Realtime push for hyper services: WebSocket clients on your own HTTP port,
-//! greeted on arrival and sent every event you publish.
+//! greeted on arrival and sent what you publish, to all of them, to a
+//! channel, to a user's connections or to one connection.
 //!
 //! A [`Hub`] holds the connections. Route WebSocket upgrade requests to
-//! [`Hub::upgrade`]; call [`Hub::publish`] with an [`Event`] and every
-//! connected client receives it, serialized once and shared by all. The wire
-//! format is the Ocha API's: clients are greeted with
-//! `{"message":"Connecté au WebSocket"}` and receive
-//! `{"type":"new_product","product":{...}}` for each new product.
+//! [`Hub::upgrade`] (or, having decided who the client is,
+//! [`Hub::upgrade_with`] and an [`Admission`]: a user and first channels).
+//! Publish any `serde::Serialize` value as a [`Frame`]: it is serialized and
+//! framed once, and every receiving connection shares the bytes. Clients are
+//! greeted with the Ocha API's `{"message":"Connecté au WebSocket"}` unless
+//! [`Config`] says otherwise.
 //!
 //! ```no_run
 //! use std::convert::Infallible;
@@ -15,7 +17,7 @@
 //! use http_body_util::Full;
 //! use hyper::{body::Incoming, server::conn::http1, service::service_fn, Request, Response};
 //! use hyper_util::rt::TokioIo;
-//! use ocha_realtime::{is_websocket_upgrade, HandshakeError, Hub};
+//! use ocha_realtime::{is_websocket_upgrade, Admission, Frame, HandshakeError, Hub};
 //!
 //! # async fn run() -> std::io::Result<()> {
 //! let hub = Hub::default();
@@ -25,9 +27,15 @@
 //!     let hub = hub.clone();
 //!     let service = service_fn(move |request: Request<Incoming>| {
 //!         let response = if is_websocket_upgrade(&request) {
-//!             hub.upgrade(request).unwrap_or_else(HandshakeError::into_response)
+//!             // Who the client is would come from a token in the request.
+//!             let admission = Admission::user("alice").channel("orders");
+//!             hub.upgrade_with(request, admission)
+//!                 .unwrap_or_else(HandshakeError::into_response)
 //!         } else {
-//!             Response::new(Full::new(Bytes::from("Hello")))
+//!             let frame = Frame::json(&serde_json::json!({"type": "order_ready", "order": 42}))
+//!                 .expect("JSON values serialize");
+//!             let reached = hub.publish_to("orders", &frame);
+//!             Response::new(Full::new(Bytes::from(format!("sent to {reached}\n"))))
 //!         };
 //!         async move { Ok::<_, Infallible>(response) }
 //!     });
@@ -39,11 +47,16 @@
 //! # Guarantees
 //!
 //! - The welcome is each client's first frame. A client then receives every
-//!   event published after it joined, in publish order, exactly once, until
-//!   it disconnects.
-//! - [`Hub::publish`] never waits on a client. A client that falls
+//!   frame published to all after it joined, and to each channel while it
+//!   is a member, exactly once, in the order of the publishes to all, and of
+//!   the publishes to each channel; until it disconnects. Publishes to
+//!   different targets are not ordered with each other.
+//! - Publishing to a channel or user costs as much as it has connections,
+//!   however many the hub holds. A closed connection leaves its channels
+//!   and user with nothing left behind.
+//! - Publishing never waits on a client. A client that falls
 //!   [`Config::outbound_capacity`] messages behind is closed with code 4008
-//!   ("slow consumer"); nobody else notices.
+//!   ("slow consumer") and leaves its channels; nobody else notices.
 //! - Memory is bounded: a connection holds no read or write buffers of its
 //!   own, only references to shared frames: the batch it is writing and at
 //!   most `outbound_capacity` queued behind it. Each upgraded socket's kernel
@@ -51,24 +64,30 @@
 //! - The hub pings every client each [`Config::heartbeat_interval`] and drops
 //!   those silent for two intervals. A message over
 //!   [`Config::max_message_size`] closes the connection (1009).
-//! - Client messages go to the handler of a hub made with
-//!   [`Hub::with_handler`], whole and in order, one at a time per
-//!   connection; a connection waits for the handler before reading more.
-//!   Other hubs discard them without buffering. [`Hub::send`] replies to
-//!   one connection.
+//! - Client messages go to the handler set with [`HubBuilder::on_message`],
+//!   whole and in order, one at a time per connection; a connection waits
+//!   for the handler before reading more. Other hubs discard them without
+//!   buffering. [`Hub::send`] replies to one connection.
+//! - [`HubBuilder::on_presence`] hears of every connection opening and
+//!   closing and every channel joined and left; [`Hub::presence`],
+//!   [`Hub::channel_connections`] and [`Hub::user_connections`] answer from
+//!   counts kept up to date, without a scan of the hub.
 //!
 //! # Modules
 //!
-//! - `hub`: [`Hub`], the public face: upgrades, publishing, stats, shutdown.
-//! - `registry`: who is connected, admission, fan-out to every outbox, the
-//!   heartbeat and the counters ([`Stats`]).
+//! - `hub`: [`Hub`], the public face: upgrades, publishing, presence,
+//!   stats, shutdown; `builder`: [`HubBuilder`] and the application's
+//!   callbacks.
+//! - `registry`: who is connected, admission, fan-out to every outbox or a
+//!   group's, presence, the heartbeat and the counters ([`Stats`]).
+//! - `groups`: channels and users, each a group with its own lock.
+//! - `admission`: [`Admission`]; `presence`: [`Presence`].
 //! - `handshake`: the opening handshake checks and [`HandshakeError`].
 //! - `connection`: one connection's task, a small hand-written future.
 //! - `outbox`: each connection's queue of shared frames.
 //! - `frame`: encoding server frames and parsing client frames, built on
 //!   tungstenite's frame header; `utf8` checks text as it streams in.
-//! - `message`: [`Message`] and [`ConnectionId`].
-//! - `event`: [`Event`], [`Product`] and the documents they carry.
+//! - `message`: [`Message`], [`Frame`] and [`ConnectionId`].
 //! - `config`: [`Config`] and its defaults.
 //!
 //! No public signature names a tungstenite type, so its version is not part
@@ -80,23 +99,28 @@
 
 #![deny(missing_docs)]
 
+mod admission;
+mod builder;
 mod config;
 mod connection;
-mod event;
 mod frame;
 #[cfg(any(test, fuzzing))]
 #[doc(hidden)]
 pub mod fuzzing;
+mod groups;
 mod handshake;
 mod hub;
 mod message;
 mod outbox;
+mod presence;
 mod registry;
 mod utf8;
 
+pub use admission::Admission;
+pub use builder::HubBuilder;
 pub use config::{Config, OCHA_WELCOME};
-pub use event::{Event, ExtraChf, Product, Size};
 pub use handshake::{is_websocket_upgrade, HandshakeError};
-pub use hub::Hub;
-pub use message::{ConnectionId, Message};
+pub use hub::{CloseError, Hub};
+pub use message::{ConnectionId, Frame, Message};
+pub use presence::Presence;
 pub use registry::Stats;

@@ -8,7 +8,7 @@ use std::task::{Context, Waker};
 use bytes::Bytes;
 
 /// Why the hub closes a connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum CloseReason {
     /// The hub shuts down: send what is queued, then close with 1001.
     GoingAway,
@@ -16,6 +16,9 @@ pub(crate) enum CloseReason {
     SlowConsumer,
     /// The client sent nothing for two heartbeat intervals: drop it.
     HeartbeatTimeout,
+    /// The application closes it: send what is queued, then this close
+    /// frame.
+    Requested(Bytes),
     /// The connection is closing on its own (the client closed, or broke
     /// the protocol): nothing more is queued for it.
     Closing,
@@ -135,7 +138,7 @@ impl Outbox {
             // was already dropped for a slow consumer.
             sending.append(&mut queue.frames);
         }
-        queue.close
+        queue.close.clone()
     }
 
     /// Records that the client was heard from at `now`.

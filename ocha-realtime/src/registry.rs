@@ -1,6 +1,6 @@
-//! The connection registry: who is connected, admission against
-//! `max_connections`, fan-out of frames to every outbox, the heartbeat, and
-//! the hub's counters.
+//! The connection registry: who is connected, with their users and
+//! channels, admission against `max_connections`, fan-out of frames to every
+//! outbox or to a group's, the heartbeat, presence and the hub's counters.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -14,8 +14,9 @@ use bytes::Bytes;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use crate::groups::Groups;
 use crate::outbox::{CloseReason, Outbox, Pushed};
-use crate::{frame, Config, ConnectionId, Message};
+use crate::{frame, Admission, Config, ConnectionId, Message, Presence};
 
 /// Connections are spread over this many independently locked shards, so a
 /// connect or disconnect waits for at most one shard's share of a fan-out.
@@ -29,6 +30,10 @@ pub(crate) type Handler = Box<
         + Send
         + Sync,
 >;
+
+/// The application's presence callback, with the hub passed in as for
+/// [`Handler`].
+pub(crate) type PresenceHook = Box<dyn Fn(Arc<Registry>, Presence) + Send + Sync>;
 
 /// A snapshot of a hub's counters, from [`Hub::stats`](crate::Hub::stats).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -47,19 +52,35 @@ pub struct Stats {
     pub slow_consumer_closes: u64,
     /// Connections dropped for staying silent through two heartbeats.
     pub heartbeat_timeouts: u64,
+    /// Channels with at least one member now.
+    pub channels: usize,
+    /// Users with at least one connection now.
+    pub users: usize,
 }
 
-type Shard = Mutex<HashMap<ConnectionId, Arc<Outbox>>>;
+/// An open connection and the groups it is in.
+#[derive(Debug)]
+struct Member {
+    outbox: Arc<Outbox>,
+    user: Option<Arc<str>>,
+    channels: Vec<Arc<str>>,
+}
+
+type Shard = Mutex<HashMap<ConnectionId, Member>>;
 
 /// State shared by a hub's handles and its connections.
 pub(crate) struct Registry {
     pub(crate) config: Config,
     welcome: Option<Bytes>,
     pub(crate) handler: Option<Handler>,
+    on_presence: Option<PresenceHook>,
     /// Open connections by id, in shards. A connection's welcome is ahead
     /// of anything in its outbox, so each client gets the welcome first and
     /// then every event published after it joined.
     shards: Box<[Shard]>,
+    channels: Groups,
+    /// Each user's connections, as a group named after the user.
+    users: Groups,
     /// Held through a whole fan-out, so that concurrent publishes reach
     /// every connection in the same order; holds the wakers to call after
     /// each shard is unlocked.
@@ -95,7 +116,11 @@ impl std::fmt::Debug for Registry {
 }
 
 impl Registry {
-    pub(crate) fn new(config: Config, handler: Option<Handler>) -> Registry {
+    pub(crate) fn new(
+        config: Config,
+        handler: Option<Handler>,
+        on_presence: Option<PresenceHook>,
+    ) -> Registry {
         Registry {
             welcome: config
                 .welcome
@@ -103,7 +128,10 @@ impl Registry {
                 .map(|text| frame::text(text.as_bytes())),
             config,
             handler,
+            on_presence,
             shards: (0..SHARDS).map(|_| Shard::default()).collect(),
+            channels: Groups::default(),
+            users: Groups::default(),
             publishing: Mutex::default(),
             next_id: AtomicU64::new(0),
             slots: AtomicUsize::new(0),
@@ -130,28 +158,147 @@ impl Registry {
         self.shutting_down.load(Ordering::Acquire)
     }
 
-    /// Adds a connection and returns its id and the welcome to send first;
-    /// every event published from here on reaches its outbox.
+    /// Adds a connection as `admission` says and returns its id and the
+    /// welcome to send first; every event published from here on reaches
+    /// its outbox.
     pub(crate) fn register(
         self: &Arc<Self>,
         outbox: &Arc<Outbox>,
+        admission: Admission,
     ) -> (ConnectionId, Option<Bytes>) {
         if !self.heartbeat_started.swap(true, Ordering::AcqRel) {
             tokio::spawn(heartbeat(Arc::downgrade(self)));
         }
         let id = ConnectionId(self.next_id.fetch_add(1, Ordering::Relaxed));
+        let Admission { user, channels, .. } = admission;
+        // Nobody knows the id yet, so the groups can be joined before the
+        // connection is listed, without holding its shard.
+        if let Some(user) = &user {
+            self.users.join(user, id, outbox, Some(user));
+        }
+        let mut joined: Vec<Arc<str>> = Vec::with_capacity(channels.len());
+        for channel in channels {
+            if self.channels.join(&channel, id, outbox, user.as_ref()) {
+                joined.push(channel);
+            }
+        }
+        let member = Member {
+            outbox: outbox.clone(),
+            user: user.clone(),
+            channels: joined.clone(),
+        };
         let mut shard = self.shard(id);
         if self.is_shutting_down() {
             outbox.close(CloseReason::GoingAway, &mut Vec::new());
         }
-        shard.insert(id, outbox.clone());
+        shard.insert(id, member);
         drop(shard);
         self.accepted.fetch_add(1, Ordering::Relaxed);
+        self.announce(|| {
+            let user = user.as_deref().map(str::to_owned);
+            let connected = Presence::Connected {
+                connection: id,
+                user: user.clone(),
+            };
+            std::iter::once(connected).chain(joined.iter().map(move |channel| Presence::Joined {
+                connection: id,
+                user: user.clone(),
+                channel: channel.to_string(),
+            }))
+        });
         (id, self.welcome.clone())
     }
 
-    pub(crate) fn deregister(&self, id: ConnectionId) {
-        self.shard(id).remove(&id);
+    /// Removes a closed connection from the hub and from its groups.
+    pub(crate) fn deregister(self: &Arc<Self>, id: ConnectionId) {
+        let Some(member) = self.shard(id).remove(&id) else {
+            return;
+        };
+        for channel in &member.channels {
+            self.channels.leave(channel, id, member.user.as_ref());
+        }
+        if let Some(user) = &member.user {
+            self.users.leave(user, id, Some(user));
+        }
+        self.announce(|| {
+            let user = member.user.as_deref().map(str::to_owned);
+            let left = member.channels.iter().map({
+                let user = user.clone();
+                move |channel| Presence::Left {
+                    connection: id,
+                    user: user.clone(),
+                    channel: channel.to_string(),
+                }
+            });
+            left.chain(std::iter::once(Presence::Disconnected {
+                connection: id,
+                user,
+            }))
+        });
+    }
+
+    /// Adds a connection to `channel`; false if it is gone or already in.
+    pub(crate) fn subscribe(self: &Arc<Self>, id: ConnectionId, channel: &str) -> bool {
+        // The shard stays locked until the channel is joined, so that a
+        // concurrent deregister finds the channel in the member's list.
+        let mut shard = self.shard(id);
+        let Some(member) = shard.get_mut(&id) else {
+            return false;
+        };
+        if member.channels.iter().any(|joined| &**joined == channel) {
+            return false;
+        }
+        let channel: Arc<str> = Arc::from(channel);
+        self.channels
+            .join(&channel, id, &member.outbox, member.user.as_ref());
+        member.channels.push(channel.clone());
+        let user = member.user.as_deref().map(str::to_owned);
+        drop(shard);
+        self.announce(|| {
+            std::iter::once(Presence::Joined {
+                connection: id,
+                user,
+                channel: channel.to_string(),
+            })
+        });
+        true
+    }
+
+    /// Takes a connection out of `channel`; false if it was not in it.
+    pub(crate) fn unsubscribe(self: &Arc<Self>, id: ConnectionId, channel: &str) -> bool {
+        let mut shard = self.shard(id);
+        let Some(member) = shard.get_mut(&id) else {
+            return false;
+        };
+        let Some(at) = member
+            .channels
+            .iter()
+            .position(|joined| &**joined == channel)
+        else {
+            return false;
+        };
+        member.channels.swap_remove(at);
+        self.channels.leave(channel, id, member.user.as_ref());
+        let user = member.user.as_deref().map(str::to_owned);
+        drop(shard);
+        self.announce(|| {
+            std::iter::once(Presence::Left {
+                connection: id,
+                user,
+                channel: channel.to_owned(),
+            })
+        });
+        true
+    }
+
+    /// Tells the application's presence callback, if any, what `events`
+    /// makes; called with no lock held, so the callback may use the hub.
+    fn announce<I: Iterator<Item = Presence>>(self: &Arc<Self>, events: impl FnOnce() -> I) {
+        if let Some(hook) = &self.on_presence {
+            for event in events() {
+                hook(self.clone(), event);
+            }
+        }
     }
 
     /// Queues an event's frame on every open connection and returns how many
@@ -161,8 +308,8 @@ impl Registry {
         let mut wake = lock(&self.publishing);
         let (mut reached, mut overflowed) = (0, 0);
         for shard in self.shards.iter() {
-            for outbox in lock(shard).values() {
-                match outbox.push(frame, capacity, &mut wake) {
+            for member in lock(shard).values() {
+                match member.outbox.push(frame, capacity, &mut wake) {
                     Pushed::Queued => reached += 1,
                     Pushed::Overflowed => overflowed += 1,
                     Pushed::Refused => {}
@@ -172,6 +319,26 @@ impl Registry {
             // this shard need not wait for the wake-ups.
             wake.drain(..).for_each(Waker::wake);
         }
+        self.count_published(reached, overflowed)
+    }
+
+    /// Queues a frame on every connection in `channel`, or of `user`.
+    pub(crate) fn publish_to_group(&self, target: Target<'_>, frame: &Bytes) -> usize {
+        let group = match target {
+            Target::Channel(channel) => self.channels.get(channel),
+            Target::User(user) => self.users.get(user),
+        };
+        let Some(group) = group else {
+            return self.count_published(0, 0);
+        };
+        let mut wake = Vec::new();
+        let (reached, overflowed) =
+            lock(&group).push(frame, self.config.outbound_capacity, &mut wake);
+        wake.into_iter().for_each(Waker::wake);
+        self.count_published(reached, overflowed)
+    }
+
+    fn count_published(&self, reached: usize, overflowed: u64) -> usize {
         self.count_slow(overflowed);
         self.events_published.fetch_add(1, Ordering::Relaxed);
         self.deliveries.fetch_add(reached as u64, Ordering::Relaxed);
@@ -180,7 +347,7 @@ impl Registry {
 
     /// Queues a frame on one connection; false if it is gone or closing.
     pub(crate) fn send(&self, to: ConnectionId, frame: &Bytes) -> bool {
-        let Some(outbox) = self.shard(to).get(&to).cloned() else {
+        let Some(outbox) = self.outbox(to) else {
             return false;
         };
         let mut wake = Vec::new();
@@ -194,6 +361,53 @@ impl Registry {
             }
             Pushed::Refused => false,
         }
+    }
+
+    /// Closes a connection with `close_frame`, after what is queued for it;
+    /// false if it is gone or closing already.
+    pub(crate) fn disconnect(&self, id: ConnectionId, close_frame: &Bytes) -> bool {
+        let Some(outbox) = self.outbox(id) else {
+            return false;
+        };
+        let mut wake = Vec::new();
+        let closed = outbox.close(CloseReason::Requested(close_frame.clone()), &mut wake);
+        wake.into_iter().for_each(Waker::wake);
+        closed
+    }
+
+    /// Closes every connection of `user` as [`disconnect`](Self::disconnect)
+    /// does, and returns how many it closed.
+    pub(crate) fn disconnect_user(&self, user: &str, close_frame: &Bytes) -> usize {
+        let Some(group) = self.users.get(user) else {
+            return 0;
+        };
+        let mut wake = Vec::new();
+        let closed = lock(&group)
+            .outboxes()
+            .filter(|outbox| outbox.close(CloseReason::Requested(close_frame.clone()), &mut wake))
+            .count();
+        wake.into_iter().for_each(Waker::wake);
+        closed
+    }
+
+    /// How many connections `target` has.
+    pub(crate) fn group_size(&self, target: Target<'_>) -> usize {
+        let group = match target {
+            Target::Channel(channel) => self.channels.get(channel),
+            Target::User(user) => self.users.get(user),
+        };
+        group.map_or(0, |group| lock(&group).len())
+    }
+
+    /// The users in `channel`, each with how many connections it has there.
+    pub(crate) fn presence(&self, channel: &str) -> Vec<(String, usize)> {
+        self.channels
+            .get(channel)
+            .map_or_else(Vec::new, |group| lock(&group).users())
+    }
+
+    fn outbox(&self, id: ConnectionId) -> Option<Arc<Outbox>> {
+        self.shard(id).get(&id).map(|member| member.outbox.clone())
     }
 
     /// Closes every connection with 1001 and refuses new ones; returns once
@@ -231,6 +445,8 @@ impl Registry {
             deliveries: self.deliveries.load(Ordering::Relaxed),
             slow_consumer_closes: self.slow_consumer_closes.load(Ordering::Relaxed),
             heartbeat_timeouts: self.heartbeat_timeouts.load(Ordering::Relaxed),
+            channels: self.channels.count(),
+            users: self.users.count(),
         }
     }
 
@@ -239,21 +455,30 @@ impl Registry {
     fn for_each(&self, mut f: impl FnMut(&Outbox, &mut Vec<Waker>)) {
         let mut wake = Vec::new();
         for shard in self.shards.iter() {
-            for outbox in lock(shard).values() {
-                f(outbox, &mut wake);
+            for member in lock(shard).values() {
+                f(&member.outbox, &mut wake);
             }
             wake.drain(..).for_each(Waker::wake);
         }
     }
 
-    fn shard(&self, id: ConnectionId) -> MutexGuard<'_, HashMap<ConnectionId, Arc<Outbox>>> {
+    fn shard(&self, id: ConnectionId) -> MutexGuard<'_, HashMap<ConnectionId, Member>> {
         lock(&self.shards[id.0 as usize % SHARDS])
     }
 }
 
-/// Locks `mutex`, ignoring poison: every critical section here is a single
-/// map or queue operation, which a panic cannot leave half-done.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+/// A group of connections to publish to.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Target<'a> {
+    /// The members of a channel.
+    Channel(&'a str),
+    /// The connections of a user.
+    User(&'a str),
+}
+
+/// Locks `mutex`, ignoring poison: every critical section here is a few
+/// map or queue operations, which a panic cannot leave half-done.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use futures_util::task::noop_waker;
 use futures_util::{SinkExt, StreamExt};
-use ocha_realtime::{Config, HandshakeError, Hub, OCHA_WELCOME};
+use ocha_realtime::{Admission, Config, HandshakeError, Hub, OCHA_WELCOME};
 use support::{
     assert_quiet, connect, duplex_client, next, next_text, product, product_name, serve,
 };
@@ -27,7 +27,7 @@ async fn every_client_gets_each_event_once_in_order() {
         clients.push(connect(addr, "/", OCHA_WELCOME).await);
     }
     let first = product("Matcha Latte", 10);
-    let expected_text = serde_json::to_string(&first).unwrap();
+    let expected_text = support::product_json("Matcha Latte", 10);
     assert_eq!(hub.publish(&first), 3);
     for name in ["Hojicha", "Genmaicha"] {
         assert_eq!(hub.publish(&product(name, 10)), 3);
@@ -256,14 +256,14 @@ fn connects_and_disconnects_do_not_wait_for_a_fan_out() {
         release: Mutex::new(release_rx),
     }));
     let (_stalled_client, io) = tokio::io::duplex(1024);
-    let mut stalled = Box::pin(hub.serve(io));
+    let mut stalled = Box::pin(hub.serve(io, Admission::anonymous()));
     assert!(stalled
         .as_mut()
         .poll(&mut Context::from_waker(&stalling))
         .is_pending());
     let (_leaving_client, io) = tokio::io::duplex(1024);
     let leaving_hub = hub.clone();
-    let mut leaving = Box::pin(async move { leaving_hub.serve(io).await });
+    let mut leaving = Box::pin(async move { leaving_hub.serve(io, Admission::anonymous()).await });
     assert!(leaving
         .as_mut()
         .poll(&mut Context::from_waker(&noop_waker()))
@@ -284,7 +284,7 @@ fn connects_and_disconnects_do_not_wait_for_a_fan_out() {
     std::thread::spawn(move || {
         let _runtime = runtime_handle.enter();
         let (_client, io) = tokio::io::duplex(1024);
-        let mut joining = Box::pin(joining_hub.serve(io));
+        let mut joining = Box::pin(joining_hub.serve(io, Admission::anonymous()));
         let _ = joining
             .as_mut()
             .poll(&mut Context::from_waker(&noop_waker()));

@@ -7,19 +7,21 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::SinkExt;
-use ocha_realtime::{Config, ConnectionId, Hub, Message};
+use ocha_realtime::{Config, ConnectionId, Frame, Hub, Message};
 use support::{client_frame, connect_mute, next, read_until, serve, serve_hub, upgrade_request};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
-use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame as WsFrame;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 fn echo_hub(config: Config) -> Hub {
-    Hub::with_handler(config.without_welcome(), |hub, from, message| async move {
-        hub.send(from, &message);
-    })
+    Hub::builder(config.without_welcome())
+        .on_message(|hub, from, message| async move {
+            hub.send(from, &Frame::from(&message));
+        })
+        .build()
 }
 
 #[tokio::test]
@@ -46,12 +48,14 @@ async fn each_message_goes_back_to_its_sender_only() {
 async fn fragments_are_reassembled_up_to_the_limit_and_the_sender_is_named() {
     let (seen, mut messages) = mpsc::unbounded_channel();
     let config = Config::default().without_welcome().max_message_size(9);
-    let hub = Hub::with_handler(config, move |_hub, from, message| {
-        let seen = seen.clone();
-        async move {
-            let _ = seen.send((from, message));
-        }
-    });
+    let hub = Hub::builder(config)
+        .on_message(move |_hub, from, message| {
+            let seen = seen.clone();
+            async move {
+                let _ = seen.send((from, message));
+            }
+        })
+        .build();
     let addr = serve_hub(hub.clone()).await;
     let mut first = connect_mute(addr).await;
     let mut second = connect_mute(addr).await;
@@ -86,8 +90,8 @@ async fn fragments_are_reassembled_up_to_the_limit_and_the_sender_is_named() {
         .unwrap();
     read_until(&mut first, b"\x88\x11\x03\xf1message too big").await;
     assert!(messages.try_recv().is_err(), "nothing over the limit");
-    assert!(!hub.send(first_id, &Message::Text("too late".into())));
-    assert!(hub.send(second_id, &Message::Text("still open".into())));
+    assert!(!hub.send(first_id, &Frame::text("too late")));
+    assert!(hub.send(second_id, &Frame::text("still open")));
 }
 
 #[tokio::test]
@@ -97,7 +101,7 @@ async fn invalid_utf8_closes_with_1007_before_the_message_ends() {
         .await
         .unwrap();
     // The first fragment already holds a byte that cannot start a character.
-    let fragment = Frame::message(b"ok \xff".to_vec(), OpCode::Data(Data::Text), false);
+    let fragment = WsFrame::message(b"ok \xff".to_vec(), OpCode::Data(Data::Text), false);
     client.send(WsMessage::Frame(fragment)).await.unwrap();
     match next(&mut client).await {
         WsMessage::Close(Some(frame)) => assert_eq!(frame.code, CloseCode::Invalid),
@@ -112,16 +116,18 @@ async fn a_busy_handler_pauses_its_connection_without_buffering() {
     let config = Config::default()
         .without_welcome()
         .max_message_size(1 << 20);
-    let hub = Hub::with_handler(config, {
-        let (gate, handled) = (gate.clone(), handled.clone());
-        move |_hub, from, _message| {
+    let hub = Hub::builder(config)
+        .on_message({
             let (gate, handled) = (gate.clone(), handled.clone());
-            async move {
-                gate.acquire().await.unwrap().forget();
-                handled.lock().unwrap().push(from);
+            move |_hub, from, _message| {
+                let (gate, handled) = (gate.clone(), handled.clone());
+                async move {
+                    gate.acquire().await.unwrap().forget();
+                    handled.lock().unwrap().push(from);
+                }
             }
-        }
-    });
+        })
+        .build();
     let addr = serve_hub(hub).await;
     let mut client = TcpStream::connect(addr).await.unwrap();
     client
@@ -188,7 +194,9 @@ async fn a_client_waiting_on_the_handler_is_not_dropped_as_silent() {
         .without_welcome()
         .heartbeat_interval(interval);
     // A handler that never finishes.
-    let hub = Hub::with_handler(config, |_hub, _from, _message| std::future::pending());
+    let hub = Hub::builder(config)
+        .on_message(|_hub, _from, _message| std::future::pending())
+        .build();
     let mut client = support::duplex_raw(&hub, 64 * 1024);
     client
         .write_all(&client_frame(0x81, b"slow"))

@@ -14,7 +14,9 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Body as HttpBody;
-use ocha_realtime::{Event, HandshakeError, Hub, Product};
+use ocha_realtime::{Frame, HandshakeError, Hub};
+
+use crate::event::{Event, Product};
 use serde::Serialize;
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
@@ -212,7 +214,10 @@ async fn broadcast(hub: Hub, mut queue: mpsc::Receiver<Broadcast>) {
         match work {
             Broadcast::Product(product) => {
                 let id = product.id.clone();
-                let reached = hub.publish(&Event::NewProduct { product: *product });
+                let event = Event::NewProduct { product: *product };
+                // Documents hold strings, booleans, numbers and lists of them.
+                let frame = Frame::json(&event).expect("events always serialize");
+                let reached = hub.publish(&frame);
                 tracing::debug!(%id, reached, "product broadcast");
             }
             Broadcast::Flush(done) => {

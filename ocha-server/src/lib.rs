@@ -10,6 +10,8 @@
 //! - [`api`]: routing and the HTTP handlers.
 //! - [`error`]: API errors and their JSON bodies.
 //! - [`response`]: JSON and text response builders.
+//! - [`event`]: the events clients receive and the product documents they
+//!   carry, byte for byte as the Ocha API writes them.
 //! - [`product`]: product validation and documents.
 //! - [`listing`]: listing query parameters and paging.
 //! - [`store`]: SQLite storage on a dedicated thread.
@@ -40,6 +42,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod event;
 pub mod listing;
 pub mod object_id;
 pub mod product;

@@ -5,7 +5,7 @@
 //! required field must be present and non-empty, then each field must have
 //! the right type and range. Unknown fields are ignored, as Mongoose does.
 
-use ocha_realtime::{ExtraChf, Product, Size};
+use crate::event::{ExtraChf, Product, Size};
 use serde_json::Value;
 use thiserror::Error;
 use time::macros::format_description;

@@ -15,7 +15,7 @@ use std::any::Any;
 use std::panic::{self, AssertUnwindSafe};
 use std::thread;
 
-use ocha_realtime::Product;
+use crate::event::Product;
 use rusqlite::types::Type;
 use rusqlite::{ffi, params, Connection, OptionalExtension, Row};
 use serde::de::DeserializeOwned;
@@ -343,8 +343,8 @@ fn from_json<T: DeserializeOwned>(row: &Row<'_>, column: usize) -> rusqlite::Res
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::{ExtraChf, Size};
     use futures_util::task::noop_waker_ref;
-    use ocha_realtime::{ExtraChf, Size};
     use std::future::Future;
     use std::sync::{mpsc, Arc, Mutex};
     use std::task::Context;

@@ -10,8 +10,9 @@ use std::time::Duration;
 use common::*;
 use futures_util::future::join_all;
 use http::{Method, StatusCode};
-use ocha_realtime::{Event, Hub};
+use ocha_realtime::{Admission, Hub};
 use ocha_server::config::Database;
+use ocha_server::event::Event;
 use ocha_server::store::Store;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -321,7 +322,7 @@ async fn a_stalled_broadcast_does_not_hold_up_the_store() {
     // A connection polled once with the stalling waker: it sends its
     // welcome, then waits for the hub to wake it.
     let (client, io) = tokio::io::duplex(64 * 1024);
-    let mut connection = Box::pin(async move { hub.serve(io).await });
+    let mut connection = Box::pin(async move { hub.serve(io, Admission::anonymous()).await });
     let stall = Stall::new();
     let release = ReleaseOnDrop(stall.clone());
     let waker = Waker::from(stall.clone());

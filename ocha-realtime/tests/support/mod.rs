@@ -10,7 +10,7 @@ use futures_util::StreamExt;
 use http_body_util::{Empty, Full};
 use hyper::{body::Incoming, server::conn::http1, service::service_fn, Request, Response};
 use hyper_util::rt::TokioIo;
-use ocha_realtime::{Config, Event, ExtraChf, HandshakeError, Hub, Product, Size};
+use ocha_realtime::{Admission, Config, Frame, HandshakeError, Hub};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::protocol::Role;
@@ -68,7 +68,7 @@ pub async fn duplex_client(hub: &Hub, buffer: usize) -> WebSocketStream<DuplexSt
 pub fn duplex_raw(hub: &Hub, buffer: usize) -> DuplexStream {
     let (client, server) = tokio::io::duplex(buffer);
     let hub = hub.clone();
-    tokio::spawn(async move { hub.serve(server).await });
+    tokio::spawn(async move { hub.serve(server, Admission::anonymous()).await });
     client
 }
 
@@ -152,25 +152,19 @@ pub async fn assert_quiet(client: &mut Client) {
     }
 }
 
-/// A product whose name is `name`, with a description of `description_len`
-/// bytes.
-pub fn product(name: &str, description_len: usize) -> Event {
-    Event::NewProduct {
-        product: Product {
-            id: "65f1c0de0123456789abcdef".into(),
-            slug: name.to_lowercase().replace(' ', "-"),
-            name: name.into(),
-            category: "tea".into(),
-            description: "d".repeat(description_len),
-            base_price_chf: 6.5,
-            is_active: true,
-            image: "/img/tea.png".into(),
-            size: vec![Size::S, Size::M, Size::L],
-            extra_chf: ExtraChf::default(),
-            created_at: "2026-11-27T17:48:28.123Z".into(),
-            updated_at: "2026-11-27T17:48:28.123Z".into(),
-        },
-    }
+/// A `new_product` event as JSON text, for a product named `name` with a
+/// description of `description_len` bytes.
+pub fn product_json(name: &str, description_len: usize) -> String {
+    serde_json::json!({
+        "type": "new_product",
+        "product": {"name": name, "description": "d".repeat(description_len)},
+    })
+    .to_string()
+}
+
+/// The same event, framed to publish.
+pub fn product(name: &str, description_len: usize) -> Frame {
+    Frame::text(&product_json(name, description_len))
 }
 
 /// The name of the product in a `new_product` frame.

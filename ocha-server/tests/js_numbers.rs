@@ -9,7 +9,7 @@ use std::io::ErrorKind;
 use std::path::Path;
 use std::process::Command;
 
-use ocha_realtime::ExtraChf;
+use ocha_server::event::ExtraChf;
 
 /// Random finite bit patterns: every exponent, sign and layout.
 const RANDOM_BITS: usize = 100_000;

@@ -1,4 +1,5 @@
-//! The events a [`Hub`](crate::Hub) broadcasts, and the documents they carry.
+//! The events ocha-server publishes through its [`Hub`](ocha_realtime::Hub),
+//! and the documents they carry.
 //!
 //! Field names, order and number formatting follow the Ocha API byte for
 //! byte, so clients written against it keep working.
@@ -12,7 +13,7 @@ mod js_number;
 /// Serialized with its kind in a leading `type` field, as the Ocha API does:
 ///
 /// ```
-/// # use ocha_realtime::{Event, Product};
+/// # use ocha_server::event::{Event, Product};
 /// # fn show(product: Product) {
 /// let json = serde_json::to_string(&Event::NewProduct { product }).unwrap();
 /// assert!(json.starts_with(r#"{"type":"new_product","product":{"_id":"#));
