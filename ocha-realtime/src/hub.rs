@@ -233,6 +233,9 @@ impl Hub {
     }
 
     /// How many connections are in `channel` now.
+    ///
+    /// Like every presence figure, it counts a closing connection until it
+    /// is gone: at most [`Config::close_timeout`] after it began closing.
     pub fn channel_connections(&self, channel: &str) -> usize {
         self.registry.group_size(Target::Channel(channel))
     }

@@ -1,6 +1,7 @@
-//! What a connection holds once a burst of events has drained, counted by
-//! the allocator. Alone in its test binary, so no other test allocates
-//! while it measures.
+//! What a hub holds once a burst of events has drained, and once thousands
+//! of connections have come and gone, counted by the allocator. These tests
+//! have their binary to themselves and run one at a time, so nothing else
+//! allocates while they measure.
 
 mod support;
 
@@ -8,7 +9,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::Duration;
 
-use ocha_realtime::{Config, OCHA_WELCOME};
+use ocha_realtime::{Admission, Config, Hub, OCHA_WELCOME};
 use support::{connect_mute, eventually, product, read_until, serve};
 use tokio::io::AsyncReadExt;
 
@@ -40,8 +41,12 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
 
+/// Held by each test while it measures.
+static MEASURING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test]
 async fn after_a_burst_drains_each_connection_is_back_to_its_idle_size() {
+    let _alone = MEASURING.lock().await;
     const CLIENTS: usize = 50;
     const EVENTS: usize = 300;
     // Room for the whole burst, so nobody is closed as slow.
@@ -107,4 +112,52 @@ async fn read_exactly(client: &mut tokio::net::TcpStream, mut len: usize) {
     tokio::time::timeout(Duration::from_secs(10), read)
         .await
         .expect("the events arrive within 10 s");
+}
+
+#[tokio::test]
+async fn ten_thousand_connects_and_disconnects_leave_nothing_behind() {
+    let _alone = MEASURING.lock().await;
+    let hub = Hub::new(Config::default().without_welcome());
+    // Warm-up: the same users and channels, so every map has grown to its
+    // working size before the baseline.
+    come_and_go(&hub, 1_000).await;
+    let baseline = IN_USE.load(Ordering::Relaxed);
+    come_and_go(&hub, 10_000).await;
+    let stats = hub.stats();
+    assert_eq!((stats.connections, stats.channels, stats.users), (0, 0, 0));
+    assert_eq!(hub.channel_connections("everyone"), 0);
+    assert_eq!(hub.user_connections("user 7"), 0);
+    let grown = IN_USE.load(Ordering::Relaxed) - baseline;
+    assert!(
+        grown < 16 * 1024,
+        "{grown} bytes more after 10,000 connections"
+    );
+}
+
+/// Opens `count` connections, a hundred at a time, of 100 users in 50
+/// channels and one channel they all share, and closes them.
+async fn come_and_go(hub: &Hub, count: usize) {
+    for batch in (0..count).collect::<Vec<_>>().chunks(100) {
+        let mut clients = Vec::new();
+        let mut connections = Vec::new();
+        for &i in batch {
+            let (client, server) = tokio::io::duplex(1024);
+            let admission = Admission::user(format!("user {}", i % 100))
+                .channel(format!("room {}", i % 50))
+                .channel("everyone");
+            let hub = hub.clone();
+            connections.push(tokio::spawn(
+                async move { hub.serve(server, admission).await },
+            ));
+            clients.push(client);
+        }
+        eventually("the batch is in", || {
+            hub.channel_connections("everyone") == batch.len()
+        })
+        .await;
+        drop(clients);
+        for connection in connections {
+            connection.await.unwrap();
+        }
+    }
 }
