@@ -93,11 +93,11 @@ impl Config {
 
     /// Largest message a client may send, in bytes, over all its
     /// fragments; a larger one closes the connection with 1009 (message too
-    /// big). A hub with a message handler ([`Hub::with_handler`]) holds up to
+    /// big). A hub with a message handler ([`HubBuilder::on_message`]) holds up to
     /// this much per connection while a message arrives; other hubs discard
     /// client messages without buffering them.
     ///
-    /// [`Hub::with_handler`]: crate::Hub::with_handler
+    /// [`HubBuilder::on_message`]: crate::HubBuilder::on_message
     ///
     /// Default: 64 KiB.
     pub fn max_message_size(mut self, bytes: usize) -> Self {
