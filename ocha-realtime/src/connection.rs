@@ -20,7 +20,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::frame::{self, Inbound, InboundError, Received};
 use crate::outbox::{CloseReason, Outbox};
-use crate::registry::Slot;
+use crate::registry::{Registry, Slot};
 use crate::{Admission, ConnectionId};
 
 /// Bytes read from the socket per call; they live on the stack of `poll`
@@ -40,12 +40,48 @@ const KEPT_SLOTS: usize = 8;
 /// A future the application returned for one client message.
 type Handling = Pin<Box<dyn Future<Output = ()> + Send>>;
 
-/// A running connection; completes when it is closed.
-pub(crate) struct Connection<IO> {
-    io: IO,
+/// A connection's place in the hub, from its admission until it is gone:
+/// it is listed, counted and sent events from the moment the hub admits it,
+/// even before its socket arrives. Dropping it takes it out of the hub.
+pub(crate) struct Registration {
     slot: Slot,
     id: ConnectionId,
     outbox: Arc<Outbox>,
+    welcome: Option<Bytes>,
+}
+
+impl Registration {
+    /// Lists a connection in the hub as `admission` says.
+    pub(crate) fn new(slot: Slot, admission: Admission) -> Registration {
+        let outbox = Arc::new(Outbox::new(slot.0.now()));
+        let (id, welcome) = slot.0.register(&outbox, admission);
+        tracing::debug!(connection = %id, "WebSocket open");
+        Registration {
+            slot,
+            id,
+            outbox,
+            welcome,
+        }
+    }
+}
+
+impl Registration {
+    fn registry(&self) -> &Arc<Registry> {
+        &self.slot.0
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.slot.0.deregister(self.id);
+        tracing::debug!(connection = %self.id, "WebSocket closed");
+    }
+}
+
+/// A running connection; completes when it is closed.
+pub(crate) struct Connection<IO> {
+    io: IO,
+    registration: Registration,
     inbound: Inbound,
     /// Frames taken from the outbox; the front one may be partly written.
     sending: VecDeque<Bytes>,
@@ -81,22 +117,15 @@ enum ReadOutcome {
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
-    /// Registers a connection with the hub as `admission` says, its welcome
-    /// to be sent first.
-    pub(crate) fn new(slot: Slot, io: IO, admission: Admission) -> Self {
-        let registry = &slot.0;
-        let outbox = Arc::new(Outbox::new(registry.now()));
-        let (id, welcome) = registry.register(&outbox, admission);
-        let config = &registry.config;
-        let inbound = Inbound::new(config.max_message_size, registry.handler.is_some());
-        tracing::debug!(connection = %id, "WebSocket open");
+    /// Runs a registered connection over `io`, its welcome to be sent first.
+    pub(crate) fn new(mut registration: Registration, io: IO) -> Self {
+        let registry = registration.registry();
+        let inbound = Inbound::new(registry.config.max_message_size, registry.handler.is_some());
         Connection {
             io,
-            slot,
-            id,
-            outbox,
+            sending: registration.welcome.take().into_iter().collect(),
+            registration,
             inbound,
-            sending: welcome.into_iter().collect(),
             written: 0,
             pongs: VecDeque::new(),
             handling: None,
@@ -114,7 +143,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
             if let Some(handling) = &mut self.handling {
                 if handling.as_mut().poll(cx).is_ready() {
                     self.handling = None;
-                    self.outbox.seen(self.slot.0.now());
+                    self.registration
+                        .outbox
+                        .seen(self.registration.registry().now());
                 } else if self.closing.is_none() {
                     return ReadOutcome::Pending;
                 }
@@ -144,7 +175,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
     /// times out: closing a socket with unread bytes would reset it and could
     /// lose our close frame.
     pub(crate) fn receive(&mut self, mut input: &[u8]) {
-        self.outbox.seen(self.slot.0.now());
+        self.registration
+            .outbox
+            .seen(self.registration.registry().now());
         while self.reading && !input.is_empty() {
             if self.handling.is_some() && self.closing.is_none() {
                 self.unparsed.extend_from_slice(input);
@@ -153,9 +186,13 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
             match self.inbound.advance(&mut input) {
                 Ok(None) => {}
                 Ok(Some(Received::Message(message))) if self.closing.is_none() => {
-                    if let Some(handler) = &self.slot.0.handler {
-                        self.handling = Some(handler(self.slot.0.clone(), self.id, message));
-                        self.outbox.busy();
+                    if let Some(handler) = &self.registration.registry().handler {
+                        self.handling = Some(handler(
+                            self.registration.registry().clone(),
+                            self.registration.id,
+                            message,
+                        ));
+                        self.registration.outbox.busy();
                     }
                 }
                 Ok(Some(Received::Ping(payload))) if self.closing.is_none() => {
@@ -195,15 +232,19 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
         // Nothing more is queued for a closing connection, nor counted as
         // delivered to it.
         if flush {
-            self.outbox.refuse_more(Some(&mut self.sending));
+            self.registration
+                .outbox
+                .refuse_more(Some(&mut self.sending));
         } else {
-            self.outbox.refuse_more(None);
+            self.registration.outbox.refuse_more(None);
             self.sending.truncate(usize::from(self.written > 0));
         }
         self.pongs.clear();
         self.sending.push_back(close_frame);
         self.closing = Some(Closing {
-            deadline: Box::pin(tokio::time::sleep(self.slot.0.config.close_timeout)),
+            deadline: Box::pin(tokio::time::sleep(
+                self.registration.registry().config.close_timeout,
+            )),
             await_peer,
             sent: false,
         });
@@ -252,7 +293,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
                 self.sending.append(&mut self.pongs);
             }
             if self.closing.is_none() {
-                match self.outbox.poll_take(&mut self.sending, cx) {
+                match self.registration.outbox.poll_take(&mut self.sending, cx) {
                     // `Closing` is set only once `self.closing` is.
                     None | Some(CloseReason::Closing) => {}
                     Some(CloseReason::HeartbeatTimeout) => return Poll::Ready(()),
@@ -312,11 +353,4 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Future for Connection<IO> {
 /// The close frame for a client that fell too far behind.
 fn slow_consumer_close() -> Bytes {
     frame::close(Some(SLOW_CONSUMER), "slow consumer")
-}
-
-impl<IO> Drop for Connection<IO> {
-    fn drop(&mut self) {
-        self.slot.0.deregister(self.id);
-        tracing::debug!(connection = %self.id, "WebSocket closed");
-    }
 }

@@ -14,7 +14,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use crate::connection::Connection;
+use crate::connection::{Connection, Registration};
 use crate::registry::{Registry, Slot, Stats, Target};
 use crate::{frame, handshake, Admission, Config, ConnectionId, Frame, HandshakeError, HubBuilder};
 
@@ -110,6 +110,10 @@ impl Hub {
             .remove::<OnUpgrade>()
             .ok_or(HandshakeError::NotUpgradable)?;
         let slot = Slot::acquire(&self.registry).ok_or(HandshakeError::TooManyConnections)?;
+        // Listed now, before the 101 goes out: whatever is published from
+        // here on waits in its outbox for the socket.
+        let registration = Registration::new(slot, admission);
+        let registry = self.registry.clone();
         tokio::spawn(async move {
             let upgraded = match on_upgrade.await {
                 Ok(upgraded) => upgraded,
@@ -120,8 +124,8 @@ impl Hub {
             match upgraded.downcast::<TokioIo<TcpStream>>() {
                 Ok(parts) => {
                     let stream = parts.io.into_inner();
-                    tune(&stream, &slot.0.config);
-                    let mut connection = Connection::new(slot, stream, admission);
+                    tune(&stream, &registry.config);
+                    let mut connection = Connection::new(registration, stream);
                     // Frames the client sent right behind its handshake. The
                     // bytes are a view of hyper's whole read buffer: let go.
                     connection.receive(&parts.read_buf);
@@ -129,8 +133,8 @@ impl Hub {
                     connection.await
                 }
                 Err(upgraded) => {
-                    warn_untuned(&slot.0);
-                    Connection::new(slot, TokioIo::new(upgraded), admission).await
+                    warn_untuned(&registry);
+                    Connection::new(registration, TokioIo::new(upgraded)).await
                 }
             }
         });
@@ -153,7 +157,8 @@ impl Hub {
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
-        Connection::new(Slot::admitted(&self.registry), io, admission).await;
+        let registration = Registration::new(Slot::admitted(&self.registry), admission);
+        Connection::new(registration, io).await;
     }
 
     /// Sends `frame` to every connection and returns how many it reached.

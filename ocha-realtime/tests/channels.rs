@@ -394,3 +394,24 @@ async fn presence_follows_connects_disconnects_slow_closes_and_heartbeat_drops()
         .count();
     assert_eq!((connected, joined, left, disconnected), (4, 4, 4, 4));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_is_reachable_as_soon_as_its_upgrade_is_answered() {
+    let (hub, addr) = hub_and_server(Hub::builder(quiet_config())).await;
+    let mut clients = Vec::new();
+    for i in 0..20 {
+        let user = format!("dana{i}");
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request =
+            support::upgrade_request("").replace("GET / ", &format!("GET /?user={user} "));
+        tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes())
+            .await
+            .unwrap();
+        support::read_until(&mut stream, b"\r\n\r\n").await;
+        // Listed before the 101 was sent, though its socket may still be on
+        // its way to the hub.
+        assert_eq!(hub.send_to_user(&user, &Frame::text("hi")), 1, "{user}");
+        support::read_until(&mut stream, b"\x81\x02hi").await;
+        clients.push(stream);
+    }
+}
