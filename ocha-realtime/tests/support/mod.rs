@@ -20,7 +20,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 pub type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Serves `hub` on a free port, as [`serve`] does, with a hub of your own
-/// (made with [`Hub::with_handler`], say).
+/// (with a message handler or a presence callback, say).
 pub async fn serve_hub(hub: Hub) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
