@@ -11,7 +11,7 @@
 //! - `products`: the admin token and the POSTs that create the events.
 //! - [`report`]: the report, the pass/fail verdict, the table and the JSON.
 //! - [`stats`]: statistics over the per-client receive table.
-//! - [`procfs`]: a process's memory and CPU figures from `/proc`.
+//! - [`procfs`]: a process's memory figures from `/proc`, and its CPU time.
 //!
 //! The statistics and the `/proc` parsers are unit-tested without opening
 //! sockets; `tests/smoke.rs` runs the binary against a real server.

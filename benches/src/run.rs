@@ -108,7 +108,7 @@ pub async fn run(args: Args) -> Result<Report, String> {
 
     // Event phase.
     let cpu_before = probe.cpu();
-    let self_cpu_before = procfs::cpu_ticks(None).ok();
+    let self_cpu_before = procfs::cpu_time(None).ok();
     let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
     {
         let (args, target, token, run_id) =
@@ -131,7 +131,7 @@ pub async fn run(args: Args) -> Result<Report, String> {
         sleep(Duration::from_millis(2)).await;
     }
     let cpu_after = probe.cpu();
-    let self_cpu_after = procfs::cpu_ticks(None).ok();
+    let self_cpu_after = procfs::cpu_time(None).ok();
     let end_memory = probe.memory();
     // Once every event has drained, a connection should be back to its idle size.
     sleep(Duration::from_millis(args.settle_ms)).await;
@@ -176,7 +176,7 @@ pub async fn run(args: Args) -> Result<Report, String> {
         (Some(pid), Some(base), Some(conn), Some(end), Some(drained), Some(cpu0), Some(cpu1)) => {
             let per_client =
                 |kib: u64| (kib as f64 - base.rss_kib as f64) / args.clients.max(1) as f64;
-            let ticks = cpu1.saturating_sub(cpu0);
+            let cpu = cpu1.saturating_sub(cpu0);
             Some(ServerReport {
                 pid,
                 rss_baseline_kib: base.rss_kib,
@@ -186,8 +186,8 @@ pub async fn run(args: Args) -> Result<Report, String> {
                 rss_drained_kib: drained.rss_kib,
                 rss_per_conn_drained_kib: per_client(drained.rss_kib),
                 rss_peak_kib: end.peak_kib,
-                cpu_ms: ticks as f64 * 1e3 / procfs::clock_ticks_per_second() as f64,
-                cpu_us_per_delivery: cpu_us_per_delivery(ticks, deliveries.received),
+                cpu_ms: cpu.as_secs_f64() * 1e3,
+                cpu_us_per_delivery: cpu_us_per_delivery(cpu, deliveries.received),
             })
         }
         _ => None,
@@ -253,9 +253,9 @@ impl ServerProbe {
         self.keep(procfs::memory(Some(pid)), pid)
     }
 
-    fn cpu(&mut self) -> Option<u64> {
+    fn cpu(&mut self) -> Option<Duration> {
         let pid = self.pid?;
-        self.keep(procfs::cpu_ticks(Some(pid)), pid)
+        self.keep(procfs::cpu_time(Some(pid)), pid)
     }
 
     fn keep<T>(&mut self, result: std::io::Result<T>, pid: u32) -> Option<T> {
@@ -269,7 +269,6 @@ impl ServerProbe {
 }
 
 /// Server or loadgen CPU time per delivery, in µs.
-fn cpu_us_per_delivery(ticks: u64, deliveries: u64) -> Option<f64> {
-    (deliveries > 0)
-        .then(|| ticks as f64 * 1e6 / procfs::clock_ticks_per_second() as f64 / deliveries as f64)
+fn cpu_us_per_delivery(cpu: Duration, deliveries: u64) -> Option<f64> {
+    (deliveries > 0).then(|| cpu.as_secs_f64() * 1e6 / deliveries as f64)
 }
