@@ -4,7 +4,9 @@
 //!
 //! # Modules
 //!
-//! - [`args`]: the command-line options, their parsing and the usage text.
+//! - [`args`]: the command-line options, their parsing and the usage text,
+//!   and the server they describe: ocha-server, or the rooms example with
+//!   a channel.
 //! - [`run`]: one run, phase by phase, and the runtime it runs on.
 //! - `clients`: the WebSocket clients, reading and slow, their source
 //!   addresses and retries, and the receive table they share.

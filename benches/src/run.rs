@@ -1,6 +1,11 @@
 //! One load-generator run, phase by phase: connect the readers, open the
 //! slow clients, create the products, wait for the deliveries, then read the
 //! receive table and the server's figures into a [`Report`].
+//!
+//! Against the rooms example's channel, only the first `--channel-members`
+//! readers are recipients (with `--broadcast`, all are): the receive table
+//! has a row per recipient, and the other readers only count what they
+//! receive, which should be nothing.
 
 use crate::args::{Args, Target};
 use crate::clients::{open_slow_clients, probe_slow, reader, Shared, SlowFate, ATTEMPT_TIMEOUT};
@@ -57,7 +62,8 @@ pub async fn run(args: Args) -> Result<Report, String> {
     let pid = args.server_pid;
     let mut probe = ServerProbe { pid, error: None };
 
-    let shared = Arc::new(Shared::new(&run_id, args.clients, args.events));
+    let recipients = args.recipients();
+    let shared = Arc::new(Shared::new(&run_id, recipients, args.events));
     let epoch = shared.epoch;
 
     // Fail fast when nothing listens, instead of retrying every client.
@@ -70,10 +76,11 @@ pub async fn run(args: Args) -> Result<Report, String> {
     // Connect phase.
     let baseline = probe.memory();
     eprintln!(
-        "loadgen {run_id}: connecting {} clients to {} ({} mode)",
+        "loadgen {run_id}: connecting {} clients to {} ({} mode), events to POST {} for {recipients} of them",
         args.clients,
-        target.ws_url(),
-        args.mode()
+        target.ws_url("/"),
+        args.mode(),
+        args.post_path(),
     );
     let overflows_before = procfs::listen_overflows().ok();
     let gate = Arc::new(Semaphore::new(args.connect_concurrency));
@@ -82,6 +89,8 @@ pub async fn run(args: Args) -> Result<Report, String> {
         tokio::spawn(reader(
             shared.clone(),
             target.clone(),
+            target.ws_url(&args.client_path(client)),
+            args.expects_welcome(),
             client,
             args.source_ips,
             gate.clone(),
@@ -125,7 +134,7 @@ pub async fn run(args: Args) -> Result<Report, String> {
         sleep(Duration::from_millis(2)).await;
     };
     let created = posts.sent.iter().flatten().count() as u64;
-    let wanted = created * connected;
+    let wanted = created * c.ok_recipients.load(Relaxed);
     let deadline = posts.finished + Duration::from_secs(args.timeout_s);
     while shared.received.load(Relaxed) < wanted && Instant::now() < deadline {
         sleep(Duration::from_millis(2)).await;
@@ -187,13 +196,14 @@ pub async fn run(args: Args) -> Result<Report, String> {
                 rss_per_conn_drained_kib: per_client(drained.rss_kib),
                 rss_peak_kib: end.peak_kib,
                 cpu_ms: cpu.as_secs_f64() * 1e3,
-                cpu_us_per_delivery: cpu_us_per_delivery(cpu, deliveries.received),
+                cpu_us_per_delivery: cpu_us_per(cpu, deliveries.received),
+                cpu_us_per_publish: cpu_us_per(cpu, created),
             })
         }
         _ => None,
     };
     let loadgen_cpu = match (self_cpu_before, self_cpu_after) {
-        (Some(a), Some(b)) => cpu_us_per_delivery(b.saturating_sub(a), deliveries.received),
+        (Some(a), Some(b)) => cpu_us_per(b.saturating_sub(a), deliveries.received),
         _ => None,
     };
 
@@ -205,6 +215,8 @@ pub async fn run(args: Args) -> Result<Report, String> {
         clients: args.clients,
         events: args.events,
         run_id,
+        post_path: args.post_path(),
+        recipients,
         connect: ConnectReport {
             ok: connected,
             failed: c.failed.load(Relaxed),
@@ -225,6 +237,7 @@ pub async fn run(args: Args) -> Result<Report, String> {
         duplicates: shared.duplicates.load(Relaxed),
         out_of_order: shared.out_of_order.load(Relaxed),
         foreign_frames: shared.foreign.load(Relaxed),
+        non_member_frames: shared.non_member_frames.load(Relaxed),
         disconnected: shared.disconnected.load(Relaxed),
         server,
         server_error: probe.error.take(),
@@ -268,7 +281,7 @@ impl ServerProbe {
     }
 }
 
-/// Server or loadgen CPU time per delivery, in µs.
-fn cpu_us_per_delivery(cpu: Duration, deliveries: u64) -> Option<f64> {
-    (deliveries > 0).then(|| cpu.as_secs_f64() * 1e6 / deliveries as f64)
+/// Server or loadgen CPU time per delivery or per publish, in µs.
+fn cpu_us_per(cpu: Duration, count: u64) -> Option<f64> {
+    (count > 0).then(|| cpu.as_secs_f64() * 1e6 / count as f64)
 }
