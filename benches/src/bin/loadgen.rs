@@ -14,7 +14,8 @@
 //! With `--channel NAME` it drives the rooms example (`examples/rooms.rs`)
 //! instead: `--channel-members K` of the clients join the channel, events
 //! are POSTed to `/channels/NAME` (or `/broadcast` with `--broadcast`), and
-//! the other clients must receive nothing.
+//! the other clients must receive nothing. `benches/channels.sh` compares
+//! the two.
 //!
 //! Run with `--help` for every option. Exits 1 when anything was lost,
 //! duplicated, reordered, delivered to a client that should not have it or
