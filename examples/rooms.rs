@@ -2,10 +2,12 @@
 //! by message, talk to a channel's members, and the service publishes to a
 //! channel or to everyone over HTTP and says who is in a channel.
 //!
-//!     cargo run -p examples --example rooms                    # PORT, default 9003
-//!     websocat 'ws://127.0.0.1:9003/?channel=tea&user=alice'   # another terminal
+//!     cargo run -p examples --example rooms       # PORT, default 9003
+//!     cargo run -p examples --example listen 'ws://127.0.0.1:9003/?channel=tea&user=alice'
 //!     curl -d '{"special":"hojicha"}' localhost:9003/channels/tea
 //!     curl localhost:9003/channels/tea    # {"connections":1,"users":{"alice":1}}
+//!
+//! To talk in a channel, use a client that sends too (websocat, a browser).
 //!
 //! | request | what happens |
 //! |---|---|
