@@ -1,9 +1,11 @@
 //! Fan-out cost: one `NewProduct` published to N in-process connections,
-//! timed until every client has read the whole frame.
+//! timed until every client has read the whole frame (group `fanout`,
+//! throughput per delivery), and published to a 100-member channel among
+//! 10,000 connections next to all of them (group `channel`, time per publish).
 //!
-//! Connections run over `tokio::io::duplex`, so the figure is the hub's own
-//! cost per delivery (queueing, waking, framing, writing), without the
-//! kernel's socket costs. Throughput is reported per delivery.
+//! Connections run over `tokio::io::duplex`, so the figures are the hub's
+//! own cost (queueing, waking, framing, writing), without the kernel's
+//! socket costs.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -46,11 +48,11 @@ fn frame_len(payload: usize) -> usize {
 }
 
 /// Counts clients that have read the current frame; wakes the bench when
-/// the last one has.
+/// the last one expected has.
 struct Arrivals {
     count: AtomicUsize,
     all_in: Notify,
-    clients: usize,
+    expected: AtomicUsize,
 }
 
 async fn client(mut io: DuplexStream, event_len: usize, arrivals: Arc<Arrivals>) {
@@ -64,8 +66,21 @@ async fn client(mut io: DuplexStream, event_len: usize, arrivals: Arc<Arrivals>)
 }
 
 impl Arrivals {
+    fn new(expected: usize) -> Arc<Arrivals> {
+        Arc::new(Arrivals {
+            count: AtomicUsize::new(0),
+            all_in: Notify::new(),
+            expected: AtomicUsize::new(expected),
+        })
+    }
+
+    /// How many clients the next frame goes to.
+    fn expect(&self, clients: usize) {
+        self.expected.store(clients, Ordering::Release);
+    }
+
     fn arrive(&self) {
-        if self.count.fetch_add(1, Ordering::AcqRel) + 1 == self.clients {
+        if self.count.fetch_add(1, Ordering::AcqRel) + 1 == self.expected.load(Ordering::Acquire) {
             self.all_in.notify_one();
         }
     }
@@ -84,11 +99,7 @@ fn fanout(c: &mut Criterion) {
     group.measurement_time(Duration::from_secs(5));
     for clients in [1, 100, 1_000, 10_000] {
         let hub = Hub::new(Config::default());
-        let arrivals = Arc::new(Arrivals {
-            count: AtomicUsize::new(0),
-            all_in: Notify::new(),
-            clients,
-        });
+        let arrivals = Arrivals::new(clients);
         runtime.block_on(async {
             for _ in 0..clients {
                 let (server, client_io) = tokio::io::duplex(16 * 1024);
@@ -119,5 +130,70 @@ fn fanout(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, fanout);
+/// Connections on the hub of the `channel` group.
+const CONNECTIONS: usize = 10_000;
+/// Of those, members of channel "c".
+const MEMBERS: usize = 100;
+
+/// What a publish to a channel costs on a large hub: `Hub::publish_to` a
+/// 100-member channel among 10,000 connections, next to `Hub::publish` to
+/// all 10,000 on the same hub. Each iteration is one publish, serialization
+/// included, timed until every recipient has read the frame; criterion
+/// reports the time per publish. Not measured: HTTP, the kernel's sockets
+/// (see `benches/channels.sh` for both), concurrent publishes, and joining
+/// or leaving channels.
+fn channel(c: &mut Criterion) {
+    let runtime = Runtime::new().unwrap();
+    let event = event();
+    let event_len = frame_len(serde_json::to_vec(&event).unwrap().len());
+    let hub = Hub::new(Config::default());
+    let arrivals = Arrivals::new(CONNECTIONS);
+    runtime.block_on(async {
+        for i in 0..CONNECTIONS {
+            // Members spread evenly over the hub, as they would join over time.
+            let admission = if i % (CONNECTIONS / MEMBERS) == 0 {
+                Admission::anonymous().channel("c")
+            } else {
+                Admission::anonymous()
+            };
+            let (server, client_io) = tokio::io::duplex(16 * 1024);
+            let hub = hub.clone();
+            tokio::spawn(async move { hub.serve(server, admission).await });
+            tokio::spawn(client(client_io, event_len, arrivals.clone()));
+        }
+        arrivals.wait_all().await;
+    });
+    assert_eq!(hub.channel_connections("c"), MEMBERS);
+
+    let mut group = c.benchmark_group("channel");
+    group.measurement_time(Duration::from_secs(5));
+    type Publish = fn(&Hub, &Frame) -> usize;
+    let targets: [(&str, usize, Publish); 2] = [
+        ("publish_to 100 of 10000", MEMBERS, |hub, frame| {
+            hub.publish_to("c", frame)
+        }),
+        ("publish to all 10000", CONNECTIONS, Hub::publish),
+    ];
+    for (name, recipients, publish) in targets {
+        arrivals.expect(recipients);
+        group.bench_function(name, |b| {
+            b.to_async(&runtime).iter_custom(|iterations| {
+                let (hub, arrivals, event) = (&hub, &arrivals, &event);
+                async move {
+                    let started = Instant::now();
+                    for _ in 0..iterations {
+                        let frame = Frame::json(event).unwrap();
+                        assert_eq!(publish(hub, &frame), recipients);
+                        arrivals.wait_all().await;
+                    }
+                    started.elapsed()
+                }
+            });
+        });
+    }
+    group.finish();
+    runtime.block_on(hub.shutdown(Duration::from_secs(5)));
+}
+
+criterion_group!(benches, fanout, channel);
 criterion_main!(benches);

@@ -1,5 +1,6 @@
 //! Command-line options: the [`Args`] a run is configured with, their
-//! parsing, the [`USAGE`] text, and the server address taken from `--url`.
+//! parsing, the [`USAGE`] text, the server they describe, and its address
+//! taken from `--url`.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 
@@ -28,6 +29,13 @@ usage: loadgen [options]
   --settle-ms MS            pause after connecting, before sampling RSS (default 1500)
   --timeout-s S             wait this long after the last POST for deliveries (default 10)
   --json                    print one JSON object instead of the table
+
+Channels, against the rooms example (examples/rooms.rs) instead of ocha-server:
+  --channel NAME            clients expect no welcome; events are POSTed to
+                            /channels/NAME without a token, and only members expect them
+  --channel-members K       K of the clients (default all) connect with /?channel=NAME,
+                            the others with / and must receive nothing
+  --broadcast               POST the events to /broadcast instead: every client expects them
 ";
 
 /// Command-line options; see [`USAGE`].
@@ -50,6 +58,24 @@ pub struct Args {
     pub(crate) settle_ms: u64,
     pub(crate) timeout_s: u64,
     pub(crate) json: bool,
+    pub(crate) server: Server,
+}
+
+/// The server under test: how it greets clients, where events are
+/// published, and who should receive them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Server {
+    /// ocha-server: every client is welcomed, and products POSTed to
+    /// `/api/v1/products` with an admin token reach every client.
+    Ocha,
+    /// The rooms example: no welcome; clients `0..members` join `channel`
+    /// on connecting. Events POSTed to `/channels/NAME` reach them only,
+    /// or with `broadcast`, POSTed to `/broadcast`, every client.
+    Rooms {
+        channel: String,
+        members: usize,
+        broadcast: bool,
+    },
 }
 
 impl Args {
@@ -78,7 +104,9 @@ impl Args {
             settle_ms: 1500,
             timeout_s: 10,
             json: false,
+            server: Server::Ocha,
         };
+        let (mut channel, mut members, mut broadcast) = (None, None, false);
         while let Some(arg) = argv.next() {
             // Accept both `--flag value` and `--flag=value`.
             let (flag, inline) = match arg.split_once('=') {
@@ -113,6 +141,9 @@ impl Args {
                 "--settle-ms" => a.settle_ms = num(&flag, value()?)?,
                 "--timeout-s" => a.timeout_s = num(&flag, value()?)?,
                 "--json" => a.json = true,
+                "--channel" => channel = Some(value()?),
+                "--channel-members" => members = Some(num(&flag, value()?)?),
+                "--broadcast" => broadcast = true,
                 "-h" | "--help" => return Err(String::new()),
                 _ => return Err(format!("unknown option {flag}")),
             }
@@ -123,12 +154,68 @@ impl Args {
         if a.connect_concurrency == 0 || a.threads == 0 {
             return Err("--connect-concurrency and --threads must be at least 1".into());
         }
+        if let Some(channel) = channel {
+            // Sent unescaped in the WebSocket URL and the POST path.
+            let unreserved = |c: char| c.is_ascii_alphanumeric() || "-._~".contains(c);
+            if channel.is_empty() || !channel.chars().all(unreserved) {
+                return Err("--channel: use letters, digits and - . _ ~ only".into());
+            }
+            let members = members.unwrap_or(a.clients);
+            if members > a.clients {
+                return Err("--channel-members cannot exceed --clients".into());
+            }
+            a.server = Server::Rooms {
+                channel,
+                members,
+                broadcast,
+            };
+        } else if members.is_some() || broadcast {
+            return Err("--channel-members and --broadcast need --channel".into());
+        }
         Ok(a)
     }
 
     /// Whether `--json` asked for one JSON object instead of the table.
     pub fn json(&self) -> bool {
         self.json
+    }
+
+    /// Whether clients are welcomed on connecting.
+    pub(crate) fn expects_welcome(&self) -> bool {
+        self.server == Server::Ocha
+    }
+
+    /// The path events are POSTed to.
+    pub(crate) fn post_path(&self) -> String {
+        match &self.server {
+            Server::Ocha => "/api/v1/products".into(),
+            Server::Rooms {
+                broadcast: true, ..
+            } => "/broadcast".into(),
+            Server::Rooms { channel, .. } => format!("/channels/{channel}"),
+        }
+    }
+
+    /// How many clients should receive each event: clients `0..recipients`.
+    pub(crate) fn recipients(&self) -> usize {
+        match &self.server {
+            Server::Rooms {
+                members,
+                broadcast: false,
+                ..
+            } => *members,
+            _ => self.clients,
+        }
+    }
+
+    /// The WebSocket path reading client `client` connects with.
+    pub(crate) fn client_path(&self, client: usize) -> String {
+        match &self.server {
+            Server::Rooms {
+                channel, members, ..
+            } if client < *members => format!("/?channel={channel}"),
+            _ => "/".into(),
+        }
     }
 
     /// The POST schedule's name, as the report gives it.
@@ -169,9 +256,9 @@ impl Target {
         })
     }
 
-    /// The WebSocket URL: the server's root path.
-    pub(crate) fn ws_url(&self) -> String {
-        format!("ws://{}/", self.authority)
+    /// The WebSocket URL with `path`, which starts with `/`.
+    pub(crate) fn ws_url(&self, path: &str) -> String {
+        format!("ws://{}{path}", self.authority)
     }
 }
 
@@ -189,6 +276,27 @@ mod tests {
         assert!(Args::parse(["--clients".to_string()].into_iter()).is_err());
         assert!(Args::parse(["--bogus".to_string()].into_iter()).is_err());
         let t = Target::from_url("http://127.0.0.1:5103").unwrap();
-        assert_eq!(t.ws_url(), "ws://127.0.0.1:5103/");
+        assert_eq!(t.ws_url("/"), "ws://127.0.0.1:5103/");
+        assert_eq!(a.server, Server::Ocha);
+        assert_eq!(a.post_path(), "/api/v1/products");
+        assert_eq!((a.recipients(), a.client_path(0).as_str()), (200, "/"));
+    }
+
+    #[test]
+    fn channel_options_choose_the_rooms_server() {
+        let parse = |argv: &str| Args::parse(argv.split(' ').map(String::from));
+        let a = parse("--clients 10 --channel c --channel-members 3").unwrap();
+        assert!(!a.expects_welcome());
+        assert_eq!((a.post_path().as_str(), a.recipients()), ("/channels/c", 3));
+        assert_eq!(a.client_path(2), "/?channel=c");
+        assert_eq!(a.client_path(3), "/");
+        let b = parse("--clients 10 --channel c --channel-members 3 --broadcast").unwrap();
+        assert_eq!((b.post_path().as_str(), b.recipients()), ("/broadcast", 10));
+        assert_eq!(b.client_path(2), "/?channel=c");
+        let all = parse("--clients 10 --channel c").unwrap();
+        assert_eq!(all.recipients(), 10);
+        assert!(parse("--clients 10 --channel c --channel-members 11").is_err());
+        assert!(parse("--channel a/b").is_err());
+        assert!(parse("--broadcast").is_err());
     }
 }

@@ -5,7 +5,7 @@
 use crate::args::{Args, Target};
 use crate::report::keep_error;
 use crate::stats::UNSET;
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
@@ -25,8 +25,11 @@ const WELCOME: &str = r#"{"message":"Connecté au WebSocket"}"#;
 const CONNECT_ATTEMPTS: u32 = 5;
 /// Bound on one connection attempt, handshake included.
 pub(crate) const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a client waits for its welcome frame.
+/// How long a client waits for its welcome frame, or its pong.
 const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
+/// The payload of the ping that tells a client without a welcome that the
+/// server has it.
+const READY_PING: &str = "loadgen: ready?";
 /// A slow client still silent after draining this long was not closed.
 const SLOW_PROBE_IDLE: Duration = Duration::from_secs(2);
 
@@ -38,17 +41,21 @@ type Ws = WebSocketStream<TcpStream>;
 pub(crate) struct Shared {
     pub(crate) epoch: Instant,
     events: usize,
+    /// Clients `0..recipients` should receive every event, the others none.
+    recipients: usize,
     /// `lg-<run id>-`: every slug of this run starts with it, and nothing else
     /// in an event frame contains it, so finding it identifies the event
     /// without parsing the JSON.
     slug_prefix: String,
-    /// Row-major `clients × events` receive instants (µs since `epoch`) or [`UNSET`].
+    /// Row-major `recipients × events` receive instants (µs since `epoch`) or [`UNSET`].
     pub(crate) recv: Box<[AtomicU32]>,
     pub(crate) received: AtomicU64,
     pub(crate) duplicates: AtomicU64,
     pub(crate) out_of_order: AtomicU64,
     /// Text frames after the welcome that name no event of this run.
     pub(crate) foreign: AtomicU64,
+    /// Messages received by clients that should receive none.
+    pub(crate) non_member_frames: AtomicU64,
     /// Readers whose connection ended before the run was over.
     pub(crate) disconnected: AtomicU64,
     /// Set once results are taken, so that ending connections no longer count.
@@ -60,7 +67,10 @@ pub(crate) struct Shared {
 #[derive(Default)]
 pub(crate) struct ConnectCounters {
     pub(crate) ok: AtomicU64,
+    /// Of `ok`, the clients that should receive the events.
+    pub(crate) ok_recipients: AtomicU64,
     pub(crate) failed: AtomicU64,
+    /// Clients whose welcome, or without one whose pong, was wrong or missing.
     pub(crate) bad_welcome: AtomicU64,
     pub(crate) retries: AtomicU64,
     /// Connections whose attempt is over, successful or not.
@@ -77,19 +87,21 @@ impl ConnectCounters {
 }
 
 impl Shared {
-    /// Fresh state for `clients` readers of `events` events of run `run_id`.
-    pub(crate) fn new(run_id: &str, clients: usize, events: usize) -> Shared {
+    /// Fresh state for `recipients` of `events` events of run `run_id`.
+    pub(crate) fn new(run_id: &str, recipients: usize, events: usize) -> Shared {
         Shared {
             epoch: Instant::now(),
             events,
+            recipients,
             slug_prefix: format!("lg-{run_id}-"),
-            recv: (0..clients * events)
+            recv: (0..recipients * events)
                 .map(|_| AtomicU32::new(UNSET))
                 .collect(),
             received: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
             out_of_order: AtomicU64::new(0),
             foreign: AtomicU64::new(0),
+            non_member_frames: AtomicU64::new(0),
             disconnected: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
             connect: ConnectCounters::default(),
@@ -143,8 +155,13 @@ fn ws_config() -> WebSocketConfig {
         .write_buffer_size(0)
 }
 
-/// One TCP connect from `src` plus the WebSocket handshake.
-async fn open_once(target: &Target, src: Ipv4Addr, rcvbuf: Option<u32>) -> Result<Ws, String> {
+/// One TCP connect from `src` plus the WebSocket handshake for `url`.
+async fn open_once(
+    target: &Target,
+    url: &str,
+    src: Ipv4Addr,
+    rcvbuf: Option<u32>,
+) -> Result<Ws, String> {
     let socket = TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
     // Let connect() pick the source port per destination instead of bind()
     // reserving one per source address; tokio has no setter for this. Best
@@ -174,7 +191,7 @@ async fn open_once(target: &Target, src: Ipv4Addr, rcvbuf: Option<u32>) -> Resul
         .await
         .map_err(|e| format!("connect: {e}"))?;
     stream.set_nodelay(true).ok();
-    let (ws, _response) = client_async_with_config(target.ws_url(), stream, Some(ws_config()))
+    let (ws, _response) = client_async_with_config(url, stream, Some(ws_config()))
         .await
         .map_err(|e| format!("handshake: {e}"))?;
     Ok(ws)
@@ -184,6 +201,7 @@ async fn open_once(target: &Target, src: Ipv4Addr, rcvbuf: Option<u32>) -> Resul
 /// that overflow while thousands of clients connect.
 async fn open(
     target: &Target,
+    url: &str,
     index: usize,
     src: Ipv4Addr,
     rcvbuf: Option<u32>,
@@ -191,7 +209,7 @@ async fn open(
 ) -> Result<Ws, String> {
     let mut backoff = Duration::from_millis(50 + (index % 50) as u64);
     for attempt in 1.. {
-        let error = match timeout(ATTEMPT_TIMEOUT, open_once(target, src, rcvbuf)).await {
+        let error = match timeout(ATTEMPT_TIMEOUT, open_once(target, url, src, rcvbuf)).await {
             Ok(Ok(ws)) => return Ok(ws),
             Ok(Err(e)) => e,
             Err(_) => "connect/handshake timed out".to_string(),
@@ -210,17 +228,45 @@ fn source_ip(index: usize, spread: u8) -> Ipv4Addr {
     Ipv4Addr::new(127, 0, 0, 1 + (index % usize::from(spread)) as u8)
 }
 
-/// One reading client: connects, checks the welcome, then records every event.
+/// Waits until the server has the client: for its welcome, or, from a
+/// server that sends none, for the answer to a ping, which comes once the
+/// server has registered the connection (and joined its channels).
+async fn ready(ws: &mut Ws, welcome: bool) -> Result<(), String> {
+    if welcome {
+        return match timeout(WELCOME_TIMEOUT, ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) if t.as_str() == WELCOME => Ok(()),
+            other => Err(format!("bad welcome: {other:?}")),
+        };
+    }
+    ws.send(Message::Ping(READY_PING.into()))
+        .await
+        .map_err(|e| format!("ping: {e}"))?;
+    loop {
+        match timeout(WELCOME_TIMEOUT, ws.next()).await {
+            Ok(Some(Ok(Message::Pong(p)))) if p == READY_PING => return Ok(()),
+            // The server's own heartbeat.
+            Ok(Some(Ok(Message::Ping(_)))) => {}
+            other => return Err(format!("no pong: {other:?}")),
+        }
+    }
+}
+
+/// One reading client: connects to `url`, waits until the server has it
+/// (see [`ready`]), then records every event, or, if it is not a
+/// recipient, counts whatever it receives.
 pub(crate) async fn reader(
     shared: Arc<Shared>,
     target: Arc<Target>,
+    url: String,
+    welcome: bool,
     client: usize,
     spread: u8,
     gate: Arc<Semaphore>,
 ) {
     let c = &shared.connect;
+    let recipient = client < shared.recipients;
     let permit = gate.acquire_owned().await.expect("semaphore never closed");
-    let mut ws = match open(&target, client, source_ip(client, spread), None, c).await {
+    let mut ws = match open(&target, &url, client, source_ip(client, spread), None, c).await {
         Ok(ws) => ws,
         Err(e) => {
             c.note_error(e);
@@ -229,15 +275,14 @@ pub(crate) async fn reader(
             return;
         }
     };
-    let welcome = timeout(WELCOME_TIMEOUT, ws.next()).await;
-    match &welcome {
-        Ok(Some(Ok(Message::Text(t)))) if t.as_str() == WELCOME => {}
-        other => {
-            c.note_error(format!("bad welcome: {other:?}"));
-            c.bad_welcome.fetch_add(1, Relaxed);
-        }
+    if let Err(e) = ready(&mut ws, welcome).await {
+        c.note_error(e);
+        c.bad_welcome.fetch_add(1, Relaxed);
     }
     c.ok.fetch_add(1, Relaxed);
+    if recipient {
+        c.ok_recipients.fetch_add(1, Relaxed);
+    }
     c.last_us.fetch_max(shared.now_us(), Relaxed);
     c.settled.fetch_add(1, Relaxed);
     drop(permit);
@@ -245,6 +290,9 @@ pub(crate) async fn reader(
     let mut last = None;
     while let Some(msg) = ws.next().await {
         match msg {
+            Ok(Message::Text(_) | Message::Binary(_)) if !recipient => {
+                shared.non_member_frames.fetch_add(1, Relaxed);
+            }
             Ok(Message::Text(t)) => shared.record(client, t.as_str(), &mut last),
             Ok(Message::Binary(b)) => match std::str::from_utf8(&b) {
                 Ok(t) => shared.record(client, t, &mut last),
@@ -278,6 +326,7 @@ pub(crate) async fn open_slow_clients(
             let counters = &shared.connect;
             open(
                 &target,
+                &target.ws_url("/"),
                 index,
                 source_ip(index, spread),
                 Some(rcvbuf),

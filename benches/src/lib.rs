@@ -4,14 +4,16 @@
 //!
 //! # Modules
 //!
-//! - [`args`]: the command-line options, their parsing and the usage text.
+//! - [`args`]: the command-line options, their parsing and the usage text,
+//!   and the server they describe: ocha-server, or the rooms example with
+//!   a channel.
 //! - [`run`]: one run, phase by phase, and the runtime it runs on.
 //! - `clients`: the WebSocket clients, reading and slow, their source
 //!   addresses and retries, and the receive table they share.
 //! - `products`: the admin token and the POSTs that create the events.
 //! - [`report`]: the report, the pass/fail verdict, the table and the JSON.
 //! - [`stats`]: statistics over the per-client receive table.
-//! - [`procfs`]: a process's memory and CPU figures from `/proc`.
+//! - [`procfs`]: a process's memory figures from `/proc`, and its CPU time.
 //!
 //! The statistics and the `/proc` parsers are unit-tested without opening
 //! sockets; `tests/smoke.rs` runs the binary against a real server.

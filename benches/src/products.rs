@@ -1,8 +1,9 @@
 //! Creating the products whose `new_product` events the clients wait for:
 //! minting the admin token, and POSTing one product per event to
-//! `/api/v1/products` on a thread of its own.
+//! `/api/v1/products` on a thread of its own; or, against the rooms example,
+//! POSTing the same product fields to a channel or to everyone.
 
-use crate::args::{Args, Target};
+use crate::args::{Args, Server, Target};
 use crate::report::keep_error;
 use crate::stats::UNSET;
 use http_body_util::{BodyExt, Full};
@@ -76,18 +77,31 @@ async fn http_connect(target: &Target) -> Result<Sender, String> {
     Ok(sender)
 }
 
-/// Sends one POST; returns the instant it was sent if the server answered 201.
+/// Where and how one event is POSTed.
+struct Post<'a> {
+    target: &'a Target,
+    path: String,
+    /// The admin token ocha-server wants; the rooms example wants none.
+    token: Option<&'a str>,
+    /// The answer that means the event was published.
+    published: hyper::StatusCode,
+}
+
+/// Sends one POST; returns the instant it was sent if the server answered
+/// that it published the event.
 async fn post_one(
     sender: &mut Sender,
-    target: &Target,
-    token: &str,
+    post: &Post<'_>,
     body: String,
     epoch: Instant,
 ) -> Result<u32, String> {
-    let request = hyper::Request::post("/api/v1/products")
-        .header("host", &target.authority)
-        .header("authorization", format!("Bearer {token}"))
-        .header("content-type", "application/json")
+    let mut request = hyper::Request::post(&post.path)
+        .header("host", &post.target.authority)
+        .header("content-type", "application/json");
+    if let Some(token) = post.token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    let request = request
         .body(Full::new(Bytes::from(body)))
         .map_err(|e| e.to_string())?;
     sender
@@ -106,7 +120,7 @@ async fn post_one(
         .await
         .map_err(|e| format!("POST body: {e}"))?;
     let body = body.to_bytes();
-    if status != hyper::StatusCode::CREATED {
+    if status != post.published {
         return Err(format!(
             "POST answered {status}: {}",
             String::from_utf8_lossy(&body)
@@ -116,7 +130,8 @@ async fn post_one(
 }
 
 /// Creates the products on this thread's own runtime, so that the instant a
-/// POST is sent is not delayed by the client tasks' backlog.
+/// POST is sent is not delayed by the client tasks' backlog. `token` is
+/// sent to ocha-server only.
 pub(crate) fn post_all(
     args: &Args,
     target: &Target,
@@ -124,6 +139,16 @@ pub(crate) fn post_all(
     run: &str,
     epoch: Instant,
 ) -> PostResults {
+    let (token, published) = match args.server {
+        Server::Ocha => (Some(token), hyper::StatusCode::CREATED),
+        Server::Rooms { .. } => (None, hyper::StatusCode::OK),
+    };
+    let post = Post {
+        target,
+        path: args.post_path(),
+        token,
+        published,
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -150,7 +175,7 @@ pub(crate) fn post_all(
             }
             let sender_ref = sender.as_mut().expect("connected above");
             let body = product_body(run, index, args.description_bytes);
-            match post_one(sender_ref, target, token, body, epoch).await {
+            match post_one(sender_ref, &post, body, epoch).await {
                 Ok(at) => *slot = Some(at),
                 Err(e) => keep_error(&mut errors, e),
             }

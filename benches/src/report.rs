@@ -25,6 +25,10 @@ pub struct Report {
     pub(crate) clients: usize,
     pub(crate) events: usize,
     pub(crate) run_id: String,
+    /// Where the events were POSTed.
+    pub(crate) post_path: String,
+    /// Readers that should receive every event; the others, none.
+    pub(crate) recipients: usize,
     pub(crate) connect: ConnectReport,
     pub(crate) posts_failed: usize,
     pub(crate) post_errors: Vec<String>,
@@ -32,6 +36,8 @@ pub struct Report {
     pub(crate) duplicates: u64,
     pub(crate) out_of_order: u64,
     pub(crate) foreign_frames: u64,
+    /// Messages received by readers that should receive none.
+    pub(crate) non_member_frames: u64,
     pub(crate) disconnected: u64,
     pub(crate) server: Option<ServerReport>,
     /// Why server figures are missing although `--server-pid` was given.
@@ -73,8 +79,11 @@ pub(crate) struct ServerReport {
     pub(crate) rss_drained_kib: u64,
     pub(crate) rss_per_conn_drained_kib: f64,
     pub(crate) rss_peak_kib: u64,
+    /// From the first POST to the last delivery, as are the two below.
     pub(crate) cpu_ms: f64,
     pub(crate) cpu_us_per_delivery: Option<f64>,
+    /// Per successful POST: what one publish costs, however many it reaches.
+    pub(crate) cpu_us_per_publish: Option<f64>,
 }
 
 /// What became of the clients that never read (`--slow-clients`).
@@ -108,6 +117,10 @@ pub(crate) fn failures(r: &Report) -> Vec<String> {
     check(r.deliveries.lost, "deliveries lost");
     check(r.duplicates, "duplicate deliveries");
     check(r.out_of_order, "out-of-order deliveries");
+    check(
+        r.non_member_frames,
+        "messages to readers that should get none",
+    );
     check(r.disconnected, "readers disconnected during the run");
     check(
         r.slow.as_ref().map_or(0, |s| s.failed_to_open),
@@ -139,6 +152,10 @@ impl Report {
             None => "back-to-back".into(),
         };
         println!("loadgen run {} against {} ({mode})", self.run_id, self.url);
+        println!(
+            "  publish          POST {}, for {} of the {} readers",
+            self.post_path, self.recipients, self.clients
+        );
         let c = &self.connect;
         println!(
         "  connect          {} connected, {} failed, {} bad welcome, {} retries, {} listen overflows; {:.2} s = {:.0} clients/s",
@@ -161,11 +178,17 @@ impl Report {
             ms(d.latency_ms.map(|s| s.p99)),
             ms(d.latency_ms.map(|s| s.max))
         );
+        let all = if self.recipients < self.clients {
+            "members"
+        } else {
+            "clients"
+        };
         println!(
-            "  all clients have {}/{} events: p50 {}, max {}",
+            "  all {all} have {}/{} events: p50 {}, p99 {}, max {}",
             d.events_complete,
             self.events,
             ms(d.all_clients_ms.map(|s| s.p50)),
+            ms(d.all_clients_ms.map(|s| s.p99)),
             ms(d.all_clients_ms.map(|s| s.max))
         );
         println!(
@@ -180,11 +203,12 @@ impl Report {
                 s.rss_baseline_kib, s.rss_connected_kib, s.rss_per_idle_conn_kib, s.rss_end_kib,
                 s.rss_drained_kib, s.rss_per_conn_drained_kib, s.rss_peak_kib
             );
+                let us = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.2} µs"));
                 println!(
-                    "  server CPU       {:.0} ms = {} per delivery",
+                    "  server CPU       {:.1} ms = {} per delivery, {} per publish",
                     s.cpu_ms,
-                    s.cpu_us_per_delivery
-                        .map_or("-".into(), |v| format!("{v:.2} µs"))
+                    us(s.cpu_us_per_delivery),
+                    us(s.cpu_us_per_publish)
                 );
             }
             None => match &self.server_error {
@@ -213,6 +237,9 @@ impl Report {
         }
         if self.foreign_frames > 0 {
             println!("  other frames     {}", self.foreign_frames);
+        }
+        if self.non_member_frames > 0 {
+            println!("  to non-members   {}", self.non_member_frames);
         }
         for e in c.errors.iter().chain(&self.post_errors) {
             println!("  error            {e}");

@@ -1,6 +1,11 @@
 //! One load-generator run, phase by phase: connect the readers, open the
 //! slow clients, create the products, wait for the deliveries, then read the
 //! receive table and the server's figures into a [`Report`].
+//!
+//! Against the rooms example's channel, only the first `--channel-members`
+//! readers are recipients (with `--broadcast`, all are): the receive table
+//! has a row per recipient, and the other readers only count what they
+//! receive, which should be nothing.
 
 use crate::args::{Args, Target};
 use crate::clients::{open_slow_clients, probe_slow, reader, Shared, SlowFate, ATTEMPT_TIMEOUT};
@@ -57,7 +62,8 @@ pub async fn run(args: Args) -> Result<Report, String> {
     let pid = args.server_pid;
     let mut probe = ServerProbe { pid, error: None };
 
-    let shared = Arc::new(Shared::new(&run_id, args.clients, args.events));
+    let recipients = args.recipients();
+    let shared = Arc::new(Shared::new(&run_id, recipients, args.events));
     let epoch = shared.epoch;
 
     // Fail fast when nothing listens, instead of retrying every client.
@@ -70,10 +76,11 @@ pub async fn run(args: Args) -> Result<Report, String> {
     // Connect phase.
     let baseline = probe.memory();
     eprintln!(
-        "loadgen {run_id}: connecting {} clients to {} ({} mode)",
+        "loadgen {run_id}: connecting {} clients to {} ({} mode), events to POST {} for {recipients} of them",
         args.clients,
-        target.ws_url(),
-        args.mode()
+        target.ws_url("/"),
+        args.mode(),
+        args.post_path(),
     );
     let overflows_before = procfs::listen_overflows().ok();
     let gate = Arc::new(Semaphore::new(args.connect_concurrency));
@@ -82,6 +89,8 @@ pub async fn run(args: Args) -> Result<Report, String> {
         tokio::spawn(reader(
             shared.clone(),
             target.clone(),
+            target.ws_url(&args.client_path(client)),
+            args.expects_welcome(),
             client,
             args.source_ips,
             gate.clone(),
@@ -108,7 +117,7 @@ pub async fn run(args: Args) -> Result<Report, String> {
 
     // Event phase.
     let cpu_before = probe.cpu();
-    let self_cpu_before = procfs::cpu_ticks(None).ok();
+    let self_cpu_before = procfs::cpu_time(None).ok();
     let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
     {
         let (args, target, token, run_id) =
@@ -125,13 +134,13 @@ pub async fn run(args: Args) -> Result<Report, String> {
         sleep(Duration::from_millis(2)).await;
     };
     let created = posts.sent.iter().flatten().count() as u64;
-    let wanted = created * connected;
+    let wanted = created * c.ok_recipients.load(Relaxed);
     let deadline = posts.finished + Duration::from_secs(args.timeout_s);
     while shared.received.load(Relaxed) < wanted && Instant::now() < deadline {
         sleep(Duration::from_millis(2)).await;
     }
     let cpu_after = probe.cpu();
-    let self_cpu_after = procfs::cpu_ticks(None).ok();
+    let self_cpu_after = procfs::cpu_time(None).ok();
     let end_memory = probe.memory();
     // Once every event has drained, a connection should be back to its idle size.
     sleep(Duration::from_millis(args.settle_ms)).await;
@@ -176,7 +185,7 @@ pub async fn run(args: Args) -> Result<Report, String> {
         (Some(pid), Some(base), Some(conn), Some(end), Some(drained), Some(cpu0), Some(cpu1)) => {
             let per_client =
                 |kib: u64| (kib as f64 - base.rss_kib as f64) / args.clients.max(1) as f64;
-            let ticks = cpu1.saturating_sub(cpu0);
+            let cpu = cpu1.saturating_sub(cpu0);
             Some(ServerReport {
                 pid,
                 rss_baseline_kib: base.rss_kib,
@@ -186,14 +195,15 @@ pub async fn run(args: Args) -> Result<Report, String> {
                 rss_drained_kib: drained.rss_kib,
                 rss_per_conn_drained_kib: per_client(drained.rss_kib),
                 rss_peak_kib: end.peak_kib,
-                cpu_ms: ticks as f64 * 1e3 / procfs::clock_ticks_per_second() as f64,
-                cpu_us_per_delivery: cpu_us_per_delivery(ticks, deliveries.received),
+                cpu_ms: cpu.as_secs_f64() * 1e3,
+                cpu_us_per_delivery: cpu_us_per(cpu, deliveries.received),
+                cpu_us_per_publish: cpu_us_per(cpu, created),
             })
         }
         _ => None,
     };
     let loadgen_cpu = match (self_cpu_before, self_cpu_after) {
-        (Some(a), Some(b)) => cpu_us_per_delivery(b.saturating_sub(a), deliveries.received),
+        (Some(a), Some(b)) => cpu_us_per(b.saturating_sub(a), deliveries.received),
         _ => None,
     };
 
@@ -205,6 +215,8 @@ pub async fn run(args: Args) -> Result<Report, String> {
         clients: args.clients,
         events: args.events,
         run_id,
+        post_path: args.post_path(),
+        recipients,
         connect: ConnectReport {
             ok: connected,
             failed: c.failed.load(Relaxed),
@@ -225,6 +237,7 @@ pub async fn run(args: Args) -> Result<Report, String> {
         duplicates: shared.duplicates.load(Relaxed),
         out_of_order: shared.out_of_order.load(Relaxed),
         foreign_frames: shared.foreign.load(Relaxed),
+        non_member_frames: shared.non_member_frames.load(Relaxed),
         disconnected: shared.disconnected.load(Relaxed),
         server,
         server_error: probe.error.take(),
@@ -253,9 +266,9 @@ impl ServerProbe {
         self.keep(procfs::memory(Some(pid)), pid)
     }
 
-    fn cpu(&mut self) -> Option<u64> {
+    fn cpu(&mut self) -> Option<Duration> {
         let pid = self.pid?;
-        self.keep(procfs::cpu_ticks(Some(pid)), pid)
+        self.keep(procfs::cpu_time(Some(pid)), pid)
     }
 
     fn keep<T>(&mut self, result: std::io::Result<T>, pid: u32) -> Option<T> {
@@ -268,8 +281,7 @@ impl ServerProbe {
     }
 }
 
-/// Server or loadgen CPU time per delivery, in µs.
-fn cpu_us_per_delivery(ticks: u64, deliveries: u64) -> Option<f64> {
-    (deliveries > 0)
-        .then(|| ticks as f64 * 1e6 / procfs::clock_ticks_per_second() as f64 / deliveries as f64)
+/// Server or loadgen CPU time per delivery or per publish, in µs.
+fn cpu_us_per(cpu: Duration, count: u64) -> Option<f64> {
+    (count > 0).then(|| cpu.as_secs_f64() * 1e6 / count as f64)
 }

@@ -1,15 +1,24 @@
-//! CI smoke test of the load generator against the real server (issue 4):
-//! a small run that asserts nothing is lost, duplicated, reordered or failed
+//! CI smoke tests of the load generator: small runs that assert nothing is
+//! lost, duplicated, reordered, delivered where it should not be, or failed
 //! to connect. Never a speed threshold: timings are printed, not checked.
 //!
-//! The server runs in this process through `server::run` on 127.0.0.1 with
-//! an in-memory database; `loadgen` is the real binary, run as a child.
+//! The servers run in this process on 127.0.0.1: the real server through
+//! `server::run` with an in-memory database (issue 4), and a rooms-like
+//! server for the channel mode. `loadgen` is the real binary, run as a child.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use ocha_realtime::Hub;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use ocha_realtime::{is_websocket_upgrade, Admission, Config, Frame, HandshakeError, Hub};
 use ocha_server::api::App;
 use ocha_server::auth::Keys;
 use ocha_server::config::Database;
@@ -92,8 +101,9 @@ async fn loadgen(addr: SocketAddr, extra: &[&str]) -> Value {
     serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("loadgen JSON: {e}: {stdout}"))
 }
 
-/// Asserts every reader got every event exactly once, in order.
-fn assert_nothing_lost(report: &Value) {
+/// Asserts that each of the first `recipients` readers got every event
+/// exactly once, in order, and the other readers nothing.
+fn assert_nothing_lost(report: &Value, recipients: u64) {
     let n = |path: &str| {
         report
             .pointer(path)
@@ -105,7 +115,8 @@ fn assert_nothing_lost(report: &Value) {
     assert_eq!(n("/connect/failed"), 0, "{report}");
     assert_eq!(n("/connect/bad_welcome"), 0, "{report}");
     assert_eq!(n("/posts_failed"), 0, "{report}");
-    assert_eq!(n("/deliveries/expected"), CLIENTS * EVENTS, "{report}");
+    assert_eq!(n("/recipients"), recipients, "{report}");
+    assert_eq!(n("/deliveries/expected"), recipients * EVENTS, "{report}");
     assert_eq!(
         n("/deliveries/received"),
         n("/deliveries/expected"),
@@ -114,6 +125,7 @@ fn assert_nothing_lost(report: &Value) {
     assert_eq!(n("/deliveries/lost"), 0, "{report}");
     assert_eq!(n("/duplicates"), 0, "{report}");
     assert_eq!(n("/out_of_order"), 0, "{report}");
+    assert_eq!(n("/non_member_frames"), 0, "{report}");
     assert_eq!(n("/disconnected"), 0, "{report}");
 }
 
@@ -132,16 +144,16 @@ async fn loadgen_against_the_real_server_loses_nothing() {
 
     let interval = loadgen(addr, &[]).await;
     assert_eq!(interval["mode"], "interval");
-    assert_nothing_lost(&interval);
+    assert_nothing_lost(&interval, CLIENTS);
 
     let back_to_back = loadgen(addr, &["--back-to-back"]).await;
     assert_eq!(back_to_back["mode"], "back-to-back");
-    assert_nothing_lost(&back_to_back);
+    assert_nothing_lost(&back_to_back, CLIENTS);
 
     // Clients that never read must not cost the readers anything. At this
     // size the server may or may not close them, so only their opening is checked.
     let slow = loadgen(addr, &["--slow-clients", "5"]).await;
-    assert_nothing_lost(&slow);
+    assert_nothing_lost(&slow, CLIENTS);
     assert_eq!(slow["slow"]["requested"], 5, "{slow}");
     assert_eq!(slow["slow"]["failed_to_open"], 0, "{slow}");
 
@@ -150,4 +162,67 @@ async fn loadgen_against_the_real_server_loses_nothing() {
         .await
         .expect("server shuts down in time")
         .expect("server task does not panic");
+}
+
+/// As much of `examples/rooms.rs` as loadgen's channel mode relies on: no
+/// welcome, `/?channel=NAME` joins NAME on connecting, and a POST to
+/// `/channels/NAME` or `/broadcast` publishes its body there.
+async fn serve_rooms(listener: TcpListener, hub: Hub) {
+    loop {
+        let (stream, _) = listener.accept().await.expect("accept");
+        let hub = hub.clone();
+        let service = service_fn(move |request: Request<Incoming>| {
+            let hub = hub.clone();
+            async move { Ok::<_, Infallible>(rooms(hub, request).await) }
+        });
+        let connection = http1::Builder::new()
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
+        tokio::spawn(connection);
+    }
+}
+
+async fn rooms(hub: Hub, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    if is_websocket_upgrade(&request) {
+        let admission = match request.uri().query() {
+            Some(query) => Admission::anonymous().channel(query.trim_start_matches("channel=")),
+            None => Admission::anonymous(),
+        };
+        return hub
+            .upgrade_with(request, admission)
+            .unwrap_or_else(HandshakeError::into_response);
+    }
+    let path = request.uri().path().to_owned();
+    let body = request.into_body().collect().await.unwrap().to_bytes();
+    let frame = Frame::text(std::str::from_utf8(&body).unwrap());
+    let delivered = match path.strip_prefix("/channels/") {
+        Some(channel) => hub.publish_to(channel, &frame),
+        None => hub.publish(&frame),
+    };
+    Response::new(Full::new(Bytes::from(format!(
+        r#"{{"delivered":{delivered}}}"#
+    ))))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadgen_channel_mode_reaches_members_only() {
+    const MEMBERS: u64 = 50;
+    let listener = listen().await;
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(serve_rooms(
+        listener,
+        Hub::new(Config::default().without_welcome()),
+    ));
+    let members = MEMBERS.to_string();
+    let channel = ["--channel", "c", "--channel-members", &members];
+
+    let to_members = loadgen(addr, &channel).await;
+    assert_eq!(to_members["post_path"], "/channels/c", "{to_members}");
+    assert_nothing_lost(&to_members, MEMBERS);
+
+    let to_all = loadgen(addr, &[&channel[..], &["--broadcast"]].concat()).await;
+    assert_eq!(to_all["post_path"], "/broadcast", "{to_all}");
+    assert_nothing_lost(&to_all, CLIENTS);
+
+    server.abort();
 }

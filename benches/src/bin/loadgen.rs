@@ -4,16 +4,22 @@
 //! creates M products through `POST /api/v1/products` and measures how each
 //! `new_product` event reaches every client: losses, latency, time until the
 //! last client has an event, deliveries per second and, given the server's
-//! PID, its RSS per idle connection and CPU time per delivery.
+//! PID, its RSS per idle connection and CPU time per delivery and per publish.
 //!
 //! ```text
 //! cargo run --release -p benches --bin loadgen -- \
 //!     --url http://127.0.0.1:5101 --clients 10000 --events 30 --jwt-secret s3
 //! ```
 //!
+//! With `--channel NAME` it drives the rooms example (`examples/rooms.rs`)
+//! instead: `--channel-members K` of the clients join the channel, events
+//! are POSTed to `/channels/NAME` (or `/broadcast` with `--broadcast`), and
+//! the other clients must receive nothing. `benches/channels.sh` compares
+//! the two.
+//!
 //! Run with `--help` for every option. Exits 1 when anything was lost,
-//! duplicated, reordered or failed to connect, so that a small run (200 × 5)
-//! serves as a smoke test.
+//! duplicated, reordered, delivered to a client that should not have it or
+//! failed to connect, so that a small run (200 × 5) serves as a smoke test.
 
 use benches::args::{Args, USAGE};
 use benches::run;
