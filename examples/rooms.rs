@@ -23,10 +23,9 @@
 //! answered `{"error":"..."}`; an HTTP body that is not JSON gets 400, one
 //! over 1 MiB gets 413. There is no welcome.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::io::Write;
-use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http::{header, Method, StatusCode};
@@ -35,7 +34,6 @@ use hyper::{body::Incoming, server::conn::http1, service::service_fn, Request, R
 use hyper_util::rt::TokioIo;
 use ocha_realtime::{
     is_websocket_upgrade, Admission, Config, ConnectionId, Frame, HandshakeError, Hub, Message,
-    Presence,
 };
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{json, value::RawValue, Value};
@@ -52,16 +50,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .map_err(|_| format!("PORT is not a port: {port:?}"))?,
         Err(_) => 9003,
     };
-    let members = Arc::new(Members::default());
     let hub = Hub::builder(Config::default().without_welcome())
-        .on_presence({
-            let members = members.clone();
-            move |_hub, event| members.update(event)
-        })
-        .on_message(move |hub, from, message| {
-            let members = members.clone();
-            async move { answer(&hub, &members, from, &message) }
-        })
+        .on_message(|hub, from, message| async move { answer(&hub, from, &message) })
         .build();
 
     let listener = TcpListener::bind(("127.0.0.1", port)).await?;
@@ -79,50 +69,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .serve_connection(TokioIo::new(stream), service)
             .with_upgrades();
         tokio::spawn(connection);
-    }
-}
-
-/// Which channels each connection is in, kept up to date from the hub's
-/// presence events: the hub counts a channel's connections but cannot say
-/// whether a given connection is one of them, which is what deciding who
-/// may talk in a channel needs.
-#[derive(Default)]
-struct Members(Mutex<HashMap<ConnectionId, HashSet<String>>>);
-
-impl Members {
-    fn update(&self, event: Presence) {
-        let mut members = self.0.lock().unwrap();
-        match event {
-            Presence::Joined {
-                connection,
-                channel,
-                ..
-            } => {
-                members.entry(connection).or_default().insert(channel);
-            }
-            Presence::Left {
-                connection,
-                channel,
-                ..
-            } => {
-                if let Some(channels) = members.get_mut(&connection) {
-                    channels.remove(&channel);
-                    if channels.is_empty() {
-                        members.remove(&connection);
-                    }
-                }
-            }
-            // A closing connection leaves each of its channels first.
-            _ => {}
-        }
-    }
-
-    fn contains(&self, connection: ConnectionId, channel: &str) -> bool {
-        self.0
-            .lock()
-            .unwrap()
-            .get(&connection)
-            .is_some_and(|channels| channels.contains(channel))
     }
 }
 
@@ -206,7 +152,7 @@ struct Said<'a> {
 
 /// Carries out a client's message; answers the sender unless it talked in
 /// a channel, which it hears as a member.
-fn answer(hub: &Hub, members: &Members, from: ConnectionId, message: &Message) {
+fn answer(hub: &Hub, from: ConnectionId, message: &Message) {
     let reply = match Command::parse(message) {
         // Joining twice or leaving a channel one is not in changes nothing
         // and is answered the same.
@@ -218,7 +164,7 @@ fn answer(hub: &Hub, members: &Members, from: ConnectionId, message: &Message) {
             hub.unsubscribe(from, &channel);
             json!({ "left": channel })
         }
-        Ok(Command::Say { channel, message }) if members.contains(from, &channel) => {
+        Ok(Command::Say { channel, message }) if hub.is_subscribed(from, &channel) => {
             let said = Said {
                 channel: &channel,
                 message: &message,

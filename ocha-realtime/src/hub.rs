@@ -202,6 +202,12 @@ impl Hub {
         self.registry.unsubscribe(connection, channel)
     }
 
+    /// Whether a connection is in `channel` now (before it may talk there,
+    /// say).
+    pub fn is_subscribed(&self, connection: ConnectionId, channel: &str) -> bool {
+        self.registry.is_subscribed(connection, channel)
+    }
+
     /// Closes a connection with `code` and `reason` once what is queued for
     /// it is sent; `Ok(false)` if it is gone or closing already.
     ///

@@ -291,6 +291,13 @@ impl Registry {
         true
     }
 
+    /// Whether a connection is in `channel`.
+    pub(crate) fn is_subscribed(&self, id: ConnectionId, channel: &str) -> bool {
+        self.shard(id)
+            .get(&id)
+            .is_some_and(|member| member.channels.iter().any(|joined| &**joined == channel))
+    }
+
     /// Tells the application's presence callback, if any, what `events`
     /// makes; called with no lock held, so the callback may use the hub.
     fn announce<I: Iterator<Item = Presence>>(self: &Arc<Self>, events: impl FnOnce() -> I) {

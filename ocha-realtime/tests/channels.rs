@@ -181,11 +181,14 @@ async fn subscribe_and_unsubscribe_change_membership_by_connection_id() {
     .await;
     let id = ids.lock().unwrap()[0];
 
+    assert!(!hub.is_subscribed(id, "news"));
     assert!(hub.subscribe(id, "news"));
+    assert!(hub.is_subscribed(id, "news"));
     assert!(!hub.subscribe(id, "news"), "already a member");
     assert_eq!(hub.publish_to("news", &Frame::text("first")), 1);
     assert_eq!(next_text(&mut client).await, "first");
     assert!(hub.unsubscribe(id, "news"));
+    assert!(!hub.is_subscribed(id, "news"));
     assert!(!hub.unsubscribe(id, "news"));
     assert_eq!(hub.publish_to("news", &Frame::text("second")), 0);
     assert_quiet(&mut client).await;
