@@ -5,7 +5,7 @@
 use crate::args::{Args, Target};
 use crate::report::keep_error;
 use crate::stats::UNSET;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
@@ -25,11 +25,8 @@ const WELCOME: &str = r#"{"message":"Connecté au WebSocket"}"#;
 const CONNECT_ATTEMPTS: u32 = 5;
 /// Bound on one connection attempt, handshake included.
 pub(crate) const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a client waits for its welcome frame, or its pong.
+/// How long a client waits for its welcome frame.
 const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
-/// The payload of the ping that tells a client without a welcome that the
-/// server has it.
-const READY_PING: &str = "loadgen: ready?";
 /// A slow client still silent after draining this long was not closed.
 const SLOW_PROBE_IDLE: Duration = Duration::from_secs(2);
 
@@ -70,7 +67,7 @@ pub(crate) struct ConnectCounters {
     /// Of `ok`, the clients that should receive the events.
     pub(crate) ok_recipients: AtomicU64,
     pub(crate) failed: AtomicU64,
-    /// Clients whose welcome, or without one whose pong, was wrong or missing.
+    /// Clients whose welcome was wrong or missing.
     pub(crate) bad_welcome: AtomicU64,
     pub(crate) retries: AtomicU64,
     /// Connections whose attempt is over, successful or not.
@@ -228,26 +225,16 @@ fn source_ip(index: usize, spread: u8) -> Ipv4Addr {
     Ipv4Addr::new(127, 0, 0, 1 + (index % usize::from(spread)) as u8)
 }
 
-/// Waits until the server has the client: for its welcome, or, from a
-/// server that sends none, for the answer to a ping, which comes once the
-/// server has registered the connection (and joined its channels).
+/// Waits until the server has the client: for its welcome. A server that
+/// sends none has it once the handshake is answered (ocha-realtime lists a
+/// connection before it answers the upgrade).
 async fn ready(ws: &mut Ws, welcome: bool) -> Result<(), String> {
-    if welcome {
-        return match timeout(WELCOME_TIMEOUT, ws.next()).await {
-            Ok(Some(Ok(Message::Text(t)))) if t.as_str() == WELCOME => Ok(()),
-            other => Err(format!("bad welcome: {other:?}")),
-        };
+    if !welcome {
+        return Ok(());
     }
-    ws.send(Message::Ping(READY_PING.into()))
-        .await
-        .map_err(|e| format!("ping: {e}"))?;
-    loop {
-        match timeout(WELCOME_TIMEOUT, ws.next()).await {
-            Ok(Some(Ok(Message::Pong(p)))) if p == READY_PING => return Ok(()),
-            // The server's own heartbeat.
-            Ok(Some(Ok(Message::Ping(_)))) => {}
-            other => return Err(format!("no pong: {other:?}")),
-        }
+    match timeout(WELCOME_TIMEOUT, ws.next()).await {
+        Ok(Some(Ok(Message::Text(t)))) if t.as_str() == WELCOME => Ok(()),
+        other => Err(format!("bad welcome: {other:?}")),
     }
 }
 
