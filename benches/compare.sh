@@ -4,11 +4,14 @@
 # modes) and prints one markdown table of the figures, with ratios to Node.
 #
 # Usage: benches/compare.sh [--clients N] [--events M] [--interval-ms MS] [--repeat R]
-#                           [--servers "ocha node floor"] [--out DIR] [-- LOADGEN_ARGS...]
+#                           [--servers "ocha node floor"] [--modes "interval b2b"]
+#                           [--out DIR] [-- LOADGEN_ARGS...]
 # The same settings can come from the environment: CLIENTS (default 10000),
-# EVENTS (30), INTERVAL_MS (200), REPEAT (1), SERVERS, OUT_DIR, BASE_PORT
+# EVENTS (30), INTERVAL_MS (200), REPEAT (1), SERVERS, MODES, OUT_DIR, BASE_PORT
 # (5111: ocha takes it, node +1, floor +2), ANCHORS (default ../shared/anchors
-# beside the repository), JWT_SECRET.
+# beside the repository), JWT_SECRET, and OCHA_BIN: the ocha-server binary to
+# run (default: this checkout's release build), to measure another version
+# with the same loadgen.
 #
 # Every run gets a freshly started server, so that RSS is measured from a
 # clean baseline and nothing is left over from the previous run (the floor
@@ -24,6 +27,7 @@ events=${EVENTS:-30}
 interval_ms=${INTERVAL_MS:-200}
 repeat=${REPEAT:-1}
 servers=${SERVERS:-ocha node floor}
+modes=${MODES:-interval b2b}
 out=${OUT_DIR:-}
 base_port=${BASE_PORT:-5111}
 anchors=${ANCHORS:-$root/../shared/anchors}
@@ -37,9 +41,10 @@ while [ $# -gt 0 ]; do
         --interval-ms) interval_ms=$2; shift 2 ;;
         --repeat) repeat=$2; shift 2 ;;
         --servers) servers=$2; shift 2 ;;
+        --modes) modes=$2; shift 2 ;;
         --out) out=$2; shift 2 ;;
         --) shift; extra=("$@"); break ;;
-        -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "compare.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -92,7 +97,7 @@ start_server() {
     listening "$port" && die "port $port is already in use; set BASE_PORT"
     case $name in
         ocha) PORT=$port JWT_SECRET=$secret DATABASE_URL=sqlite:$db RUST_LOG=${RUST_LOG:-warn} \
-                  setsid "$root/target/release/ocha-server" >"$log" 2>&1 & ;;
+                  setsid "${OCHA_BIN:-$root/target/release/ocha-server}" >"$log" 2>&1 & ;;
         node) PORT=$port JWT_SECRET=$secret setsid "$anchors/node-ws/run.sh" >"$log" 2>&1 & ;;
         floor) PORT=$port setsid "$anchors/rust-floor/run.sh" >"$log" 2>&1 & ;;
     esac
@@ -121,7 +126,7 @@ echo "results and logs in $out" >&2
 for s in $servers; do
     case $s in ocha) port=$base_port ;; node) port=$((base_port + 1)) ;; floor) port=$((base_port + 2)) ;; esac
     for rep in $(seq "$repeat"); do
-        for mode in interval b2b; do
+        for mode in $modes; do
             flags=(--interval-ms "$interval_ms")
             [ $mode = b2b ] && flags=(--back-to-back)
             run=$out/$s-$mode-$rep
