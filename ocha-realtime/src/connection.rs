@@ -47,21 +47,16 @@ pub(crate) struct Registration {
     slot: Slot,
     id: ConnectionId,
     outbox: Arc<Outbox>,
-    welcome: Option<Bytes>,
 }
 
 impl Registration {
-    /// Lists a connection in the hub as `admission` says.
-    pub(crate) fn new(slot: Slot, admission: Admission) -> Registration {
+    /// Lists a connection in the hub as `admission` says; returns it with
+    /// the welcome to send first.
+    pub(crate) fn new(slot: Slot, admission: Admission) -> (Registration, Option<Bytes>) {
         let outbox = Arc::new(Outbox::new(slot.0.now()));
         let (id, welcome) = slot.0.register(&outbox, admission);
         tracing::debug!(connection = %id, "WebSocket open");
-        Registration {
-            slot,
-            id,
-            outbox,
-            welcome,
-        }
+        (Registration { slot, id, outbox }, welcome)
     }
 }
 
@@ -117,13 +112,13 @@ enum ReadOutcome {
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
-    /// Runs a registered connection over `io`, its welcome to be sent first.
-    pub(crate) fn new(mut registration: Registration, io: IO) -> Self {
+    /// Runs a registered connection over `io`, `welcome` first.
+    pub(crate) fn new(registration: Registration, welcome: Option<Bytes>, io: IO) -> Self {
         let registry = registration.registry();
         let inbound = Inbound::new(registry.config.max_message_size, registry.handler.is_some());
         Connection {
             io,
-            sending: registration.welcome.take().into_iter().collect(),
+            sending: welcome.into_iter().collect(),
             registration,
             inbound,
             written: 0,
@@ -304,7 +299,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
                     Some(CloseReason::SlowConsumer) => {
                         self.start_close(slow_consumer_close(), false, true);
                     }
-                    Some(CloseReason::Requested(close)) => self.start_close(close, true, true),
+                    Some(CloseReason::Requested(close)) => self.start_close(*close, true, true),
                 }
             }
             // The outbox is empty and will wake this task for its next frame.

@@ -112,7 +112,7 @@ impl Hub {
         let slot = Slot::acquire(&self.registry).ok_or(HandshakeError::TooManyConnections)?;
         // Listed now, before the 101 goes out: whatever is published from
         // here on waits in its outbox for the socket.
-        let registration = Registration::new(slot, admission);
+        let (registration, welcome) = Registration::new(slot, admission);
         let registry = self.registry.clone();
         tokio::spawn(async move {
             let upgraded = match on_upgrade.await {
@@ -125,7 +125,7 @@ impl Hub {
                 Ok(parts) => {
                     let stream = parts.io.into_inner();
                     tune(&stream, &registry.config);
-                    let mut connection = Connection::new(registration, stream);
+                    let mut connection = Connection::new(registration, welcome, stream);
                     // Frames the client sent right behind its handshake. The
                     // bytes are a view of hyper's whole read buffer: let go.
                     connection.receive(&parts.read_buf);
@@ -134,7 +134,7 @@ impl Hub {
                 }
                 Err(upgraded) => {
                     warn_untuned(&registry);
-                    Connection::new(registration, TokioIo::new(upgraded)).await
+                    Connection::new(registration, welcome, TokioIo::new(upgraded)).await
                 }
             }
         });
@@ -157,8 +157,8 @@ impl Hub {
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
-        let registration = Registration::new(Slot::admitted(&self.registry), admission);
-        Connection::new(registration, io).await;
+        let (registration, welcome) = Registration::new(Slot::admitted(&self.registry), admission);
+        Connection::new(registration, welcome, io).await;
     }
 
     /// Sends `frame` to every connection and returns how many it reached.

@@ -17,8 +17,8 @@ pub(crate) enum CloseReason {
     /// The client sent nothing for two heartbeat intervals: drop it.
     HeartbeatTimeout,
     /// The application closes it: send what is queued, then this close
-    /// frame.
-    Requested(Bytes),
+    /// frame (boxed, so that every outbox stays small).
+    Requested(Box<Bytes>),
     /// The connection is closing on its own (the client closed, or broke
     /// the protocol): nothing more is queued for it.
     Closing,

@@ -62,8 +62,29 @@ pub struct Stats {
 #[derive(Debug)]
 struct Member {
     outbox: Arc<Outbox>,
+    /// Boxed, and only for connections in a group: the listing of a hub
+    /// that only broadcasts stays two words a connection.
+    groups: Option<Box<Memberships>>,
+}
+
+#[derive(Debug, Default)]
+struct Memberships {
     user: Option<Arc<str>>,
     channels: Vec<Arc<str>>,
+}
+
+impl Member {
+    fn user(&self) -> Option<&Arc<str>> {
+        self.groups.as_ref().and_then(|groups| groups.user.as_ref())
+    }
+
+    fn channels(&self) -> &[Arc<str>] {
+        self.groups.as_ref().map_or(&[], |groups| &groups.channels)
+    }
+
+    fn channels_mut(&mut self) -> &mut Vec<Arc<str>> {
+        &mut self.groups.get_or_insert_with(Box::default).channels
+    }
 }
 
 type Shard = Mutex<HashMap<ConnectionId, Member>>;
@@ -182,10 +203,15 @@ impl Registry {
                 joined.push(channel);
             }
         }
+        let groups = (user.is_some() || !joined.is_empty()).then(|| {
+            Box::new(Memberships {
+                user: user.clone(),
+                channels: joined.clone(),
+            })
+        });
         let member = Member {
             outbox: outbox.clone(),
-            user: user.clone(),
-            channels: joined.clone(),
+            groups,
         };
         let mut shard = self.shard(id);
         if self.is_shutting_down() {
@@ -214,15 +240,15 @@ impl Registry {
         let Some(member) = self.shard(id).remove(&id) else {
             return;
         };
-        for channel in &member.channels {
-            self.channels.leave(channel, id, member.user.as_ref());
+        for channel in member.channels() {
+            self.channels.leave(channel, id, member.user());
         }
-        if let Some(user) = &member.user {
+        if let Some(user) = member.user() {
             self.users.leave(user, id, Some(user));
         }
         self.announce(|| {
-            let user = member.user.as_deref().map(str::to_owned);
-            let left = member.channels.iter().map({
+            let user = member.user().map(|user| user.to_string());
+            let left = member.channels().iter().map({
                 let user = user.clone();
                 move |channel| Presence::Left {
                     connection: id,
@@ -245,14 +271,14 @@ impl Registry {
         let Some(member) = shard.get_mut(&id) else {
             return false;
         };
-        if member.channels.iter().any(|joined| &**joined == channel) {
+        if member.channels().iter().any(|joined| &**joined == channel) {
             return false;
         }
         let channel: Arc<str> = Arc::from(channel);
         self.channels
-            .join(&channel, id, &member.outbox, member.user.as_ref());
-        member.channels.push(channel.clone());
-        let user = member.user.as_deref().map(str::to_owned);
+            .join(&channel, id, &member.outbox, member.user());
+        member.channels_mut().push(channel.clone());
+        let user = member.user().map(|user| user.to_string());
         drop(shard);
         self.announce(|| {
             std::iter::once(Presence::Joined {
@@ -271,15 +297,15 @@ impl Registry {
             return false;
         };
         let Some(at) = member
-            .channels
+            .channels()
             .iter()
             .position(|joined| &**joined == channel)
         else {
             return false;
         };
-        member.channels.swap_remove(at);
-        self.channels.leave(channel, id, member.user.as_ref());
-        let user = member.user.as_deref().map(str::to_owned);
+        member.channels_mut().swap_remove(at);
+        self.channels.leave(channel, id, member.user());
+        let user = member.user().map(|user| user.to_string());
         drop(shard);
         self.announce(|| {
             std::iter::once(Presence::Left {
@@ -295,7 +321,7 @@ impl Registry {
     pub(crate) fn is_subscribed(&self, id: ConnectionId, channel: &str) -> bool {
         self.shard(id)
             .get(&id)
-            .is_some_and(|member| member.channels.iter().any(|joined| &**joined == channel))
+            .is_some_and(|member| member.channels().iter().any(|joined| &**joined == channel))
     }
 
     /// Tells the application's presence callback, if any, what `events`
@@ -377,7 +403,10 @@ impl Registry {
             return false;
         };
         let mut wake = Vec::new();
-        let closed = outbox.close(CloseReason::Requested(close_frame.clone()), &mut wake);
+        let closed = outbox.close(
+            CloseReason::Requested(Box::new(close_frame.clone())),
+            &mut wake,
+        );
         wake.into_iter().for_each(Waker::wake);
         closed
     }
@@ -391,7 +420,12 @@ impl Registry {
         let mut wake = Vec::new();
         let closed = lock(&group)
             .outboxes()
-            .filter(|outbox| outbox.close(CloseReason::Requested(close_frame.clone()), &mut wake))
+            .filter(|outbox| {
+                outbox.close(
+                    CloseReason::Requested(Box::new(close_frame.clone())),
+                    &mut wake,
+                )
+            })
             .count();
         wake.into_iter().for_each(Waker::wake);
         closed

@@ -6,7 +6,7 @@
 #[derive(Debug, Default)]
 pub(crate) struct Utf8Stream {
     pending: [u8; 4],
-    pending_len: usize,
+    pending_len: u8,
 }
 
 /// The bytes are not UTF-8.
@@ -18,7 +18,7 @@ impl Utf8Stream {
     pub(crate) fn feed(&mut self, mut input: &[u8]) -> Result<(), InvalidUtf8> {
         if self.pending_len > 0 {
             // Finish the character the last piece ended inside.
-            let had = self.pending_len;
+            let had = usize::from(self.pending_len);
             let take = (self.pending.len() - had).min(input.len());
             let mut joined = self.pending;
             joined[had..had + take].copy_from_slice(&input[..take]);
@@ -36,7 +36,7 @@ impl Utf8Stream {
                 Err(_) => {
                     // Still unfinished: all of `input` fits in `pending`.
                     self.pending = joined;
-                    self.pending_len = had + take;
+                    self.pending_len = (had + take) as u8;
                     return Ok(());
                 }
             }
@@ -47,7 +47,8 @@ impl Utf8Stream {
             Err(error) => {
                 let tail = &input[error.valid_up_to()..];
                 self.pending[..tail.len()].copy_from_slice(tail);
-                self.pending_len = tail.len();
+                // At most 3 bytes: a character's unfinished start.
+                self.pending_len = tail.len() as u8;
                 Ok(())
             }
         }
