@@ -37,8 +37,14 @@ const MAX_OWED_PONGS: usize = 16;
 /// grows the queues, and they shrink back here afterwards.
 const KEPT_SLOTS: usize = 8;
 
-/// A future the application returned for one client message.
-type Handling = Pin<Box<dyn Future<Output = ()> + Send>>;
+/// The application at work on one client message. Boxed, and only while
+/// it works: most connections never have one.
+struct Handling {
+    /// The future the application's handler returned.
+    future: Pin<Box<dyn Future<Output = ()> + Send>>,
+    /// Bytes read behind the message, parsed once the handler is done.
+    unparsed: Vec<u8>,
+}
 
 /// A connection's place in the hub, from its admission until it is gone:
 /// it is listed, counted and sent events from the moment the hub admits it,
@@ -83,12 +89,10 @@ pub(crate) struct Connection<IO> {
     /// Bytes of `sending`'s front already written.
     written: usize,
     /// Pongs to send once `sending` is empty.
-    pongs: VecDeque<Bytes>,
+    pongs: Vec<Bytes>,
     /// The application's handling of the last message; reading waits for
     /// it, so a busy application pushes back on the client through TCP.
-    handling: Option<Handling>,
-    /// Bytes read but not parsed yet because `handling` was busy.
-    unparsed: Vec<u8>,
+    handling: Option<Box<Handling>>,
     /// False once the inbound stream is broken and cannot be parsed further.
     reading: bool,
     closing: Option<Closing>,
@@ -122,9 +126,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
             registration,
             inbound,
             written: 0,
-            pongs: VecDeque::new(),
+            pongs: Vec::new(),
             handling: None,
-            unparsed: Vec::new(),
             reading: true,
             closing: None,
         }
@@ -136,20 +139,23 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
         let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
         loop {
             if let Some(handling) = &mut self.handling {
-                if handling.as_mut().poll(cx).is_ready() {
+                let done = handling.future.as_mut().poll(cx).is_ready();
+                if !done && self.closing.is_none() {
+                    return ReadOutcome::Pending;
+                }
+                // Done, or closing: reading goes on (to hear the client's
+                // close), starting with what was kept.
+                let unparsed = std::mem::take(&mut handling.unparsed);
+                if done {
                     self.handling = None;
                     self.registration
                         .outbox
                         .seen(self.registration.registry().now());
-                } else if self.closing.is_none() {
-                    return ReadOutcome::Pending;
                 }
-                // Once closing, reading goes on to hear the client's close.
-            }
-            if !self.unparsed.is_empty() {
-                let unparsed = std::mem::take(&mut self.unparsed);
-                self.receive(&unparsed);
-                continue;
+                if !unparsed.is_empty() {
+                    self.receive(&unparsed);
+                    continue;
+                }
             }
             let mut buf = ReadBuf::uninit(&mut chunk);
             match Pin::new(&mut self.io).poll_read(cx, &mut buf) {
@@ -174,27 +180,31 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
             .outbox
             .seen(self.registration.registry().now());
         while self.reading && !input.is_empty() {
-            if self.handling.is_some() && self.closing.is_none() {
-                self.unparsed.extend_from_slice(input);
+            if let (Some(handling), None) = (&mut self.handling, &self.closing) {
+                handling.unparsed.extend_from_slice(input);
                 return;
             }
             match self.inbound.advance(&mut input) {
                 Ok(None) => {}
                 Ok(Some(Received::Message(message))) if self.closing.is_none() => {
                     if let Some(handler) = &self.registration.registry().handler {
-                        self.handling = Some(handler(
+                        let future = handler(
                             self.registration.registry().clone(),
                             self.registration.id,
                             message,
-                        ));
+                        );
+                        self.handling = Some(Box::new(Handling {
+                            future,
+                            unparsed: Vec::new(),
+                        }));
                         self.registration.outbox.busy();
                     }
                 }
                 Ok(Some(Received::Ping(payload))) if self.closing.is_none() => {
                     if self.pongs.len() == MAX_OWED_PONGS {
-                        self.pongs.pop_front();
+                        self.pongs.remove(0);
                     }
-                    self.pongs.push_back(frame::pong(&payload));
+                    self.pongs.push(frame::pong(&payload));
                 }
                 Ok(Some(Received::Ping(_) | Received::Message(_))) => {}
                 Ok(Some(Received::Close(code))) => match &mut self.closing {
@@ -285,7 +295,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
         let closing = loop {
             if self.sending.is_empty() {
                 // Owed pongs go out ahead of the events queued since.
-                self.sending.append(&mut self.pongs);
+                self.sending.extend(self.pongs.drain(..));
             }
             if self.closing.is_none() {
                 match self.registration.outbox.poll_take(&mut self.sending, cx) {
