@@ -2,7 +2,7 @@
 //! channels, admission against `max_connections`, fan-out of frames to every
 //! outbox or to a group's, the heartbeat, presence and the hub's counters.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -87,7 +87,7 @@ impl Member {
     }
 }
 
-type Shard = Mutex<HashMap<ConnectionId, Member>>;
+type Shard = Mutex<BTreeMap<ConnectionId, Member>>;
 
 /// State shared by a hub's handles and its connections.
 pub(crate) struct Registry {
@@ -95,9 +95,11 @@ pub(crate) struct Registry {
     welcome: Option<Bytes>,
     pub(crate) handler: Option<Handler>,
     on_presence: Option<PresenceHook>,
-    /// Open connections by id, in shards. A connection's welcome is ahead
-    /// of anything in its outbox, so each client gets the welcome first and
-    /// then every event published after it joined.
+    /// Open connections by id, in shards; ordered, so that a fan-out visits
+    /// them in the order they came, which is the order of their memory. A
+    /// connection's welcome is ahead of anything in its outbox, so each
+    /// client gets the welcome first and then every event published after
+    /// it joined.
     shards: Box<[Shard]>,
     channels: Groups,
     /// Each user's connections, as a group named after the user.
@@ -503,7 +505,7 @@ impl Registry {
         }
     }
 
-    fn shard(&self, id: ConnectionId) -> MutexGuard<'_, HashMap<ConnectionId, Member>> {
+    fn shard(&self, id: ConnectionId) -> MutexGuard<'_, BTreeMap<ConnectionId, Member>> {
         lock(&self.shards[id.0 as usize % SHARDS])
     }
 }
