@@ -7,7 +7,7 @@
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use ocha_fuzz::{float, object, Json, Slot, Text};
-use ocha_realtime::Event;
+use ocha_server::event::Event;
 use ocha_server::object_id;
 use ocha_server::product::{
     NewProduct, MAX_CATEGORY_CHARS, MAX_DESCRIPTION_CHARS, MAX_IMAGE_CHARS, MAX_NAME_CHARS,

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use futures_util::task::noop_waker;
 use futures_util::{SinkExt, StreamExt};
-use ocha_realtime::{Admission, Config, HandshakeError, Hub, OCHA_WELCOME};
+use ocha_realtime::{Admission, Config, Hub, OCHA_WELCOME};
 use support::{
     assert_quiet, connect, duplex_client, next, next_text, product, product_name, serve,
 };
@@ -157,18 +157,11 @@ async fn events_until_a_non_reader_is_dropped(hub: &Hub, addr: SocketAddr) -> us
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_axum_serve_tuned_sockets_keep_a_non_reader_bounded() {
-    use axum::extract::{Request, State};
-    use axum::response::IntoResponse;
     use axum::serve::ListenerExt;
-
-    async fn websocket(State(hub): State<Hub>, request: Request) -> impl IntoResponse {
-        hub.upgrade(request)
-            .unwrap_or_else(HandshakeError::into_response)
-    }
 
     let hub = Hub::default();
     let app = axum::Router::new()
-        .route("/", axum::routing::get(websocket))
+        .route("/", axum::routing::get(support::axum_upgrade))
         .with_state(hub.clone());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -152,17 +152,9 @@ async fn a_frame_sent_right_behind_the_handshake_is_not_lost() {
 
 #[tokio::test]
 async fn works_inside_an_axum_handler() {
-    use axum::extract::{Request, State};
-    use axum::response::IntoResponse;
-
-    async fn websocket(State(hub): State<Hub>, request: Request) -> impl IntoResponse {
-        hub.upgrade(request)
-            .unwrap_or_else(HandshakeError::into_response)
-    }
-
     let hub = Hub::default();
     let app = axum::Router::new()
-        .route("/", axum::routing::get(websocket))
+        .route("/", axum::routing::get(support::axum_upgrade))
         .with_state(hub.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -57,6 +57,15 @@ async fn accept_loop(listener: TcpListener, hub: Hub) {
     }
 }
 
+/// An axum handler that hands the request to the hub as it is.
+pub async fn axum_upgrade(
+    axum::extract::State(hub): axum::extract::State<Hub>,
+    request: axum::extract::Request,
+) -> Response<Full<Bytes>> {
+    hub.upgrade(request)
+        .unwrap_or_else(HandshakeError::into_response)
+}
+
 /// A client of `hub` over an in-process pipe of `buffer` bytes each way,
 /// served by [`Hub::serve`]: no sockets, so tests can run on a paused clock.
 pub async fn duplex_client(hub: &Hub, buffer: usize) -> WebSocketStream<DuplexStream> {
