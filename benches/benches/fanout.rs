@@ -112,17 +112,7 @@ fn fanout(c: &mut Criterion) {
         group.throughput(Throughput::Elements(clients as u64));
         group.bench_with_input(BenchmarkId::from_parameter(clients), &clients, |b, _| {
             b.to_async(&runtime).iter_custom(|iterations| {
-                let (hub, arrivals, event) = (&hub, &arrivals, &event);
-                async move {
-                    let started = Instant::now();
-                    for _ in 0..iterations {
-                        // Serializing is part of the cost of a publish.
-                        let frame = Frame::json(event).unwrap();
-                        assert_eq!(hub.publish(&frame), clients);
-                        arrivals.wait_all().await;
-                    }
-                    started.elapsed()
-                }
+                timed_publishes(&hub, &arrivals, &event, Hub::publish, clients, iterations)
             });
         });
         runtime.block_on(hub.shutdown(Duration::from_secs(5)));
@@ -167,7 +157,6 @@ fn channel(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("channel");
     group.measurement_time(Duration::from_secs(5));
-    type Publish = fn(&Hub, &Frame) -> usize;
     let targets: [(&str, usize, Publish); 2] = [
         ("publish_to 100 of 10000", MEMBERS, |hub, frame| {
             hub.publish_to("c", frame)
@@ -178,21 +167,35 @@ fn channel(c: &mut Criterion) {
         arrivals.expect(recipients);
         group.bench_function(name, |b| {
             b.to_async(&runtime).iter_custom(|iterations| {
-                let (hub, arrivals, event) = (&hub, &arrivals, &event);
-                async move {
-                    let started = Instant::now();
-                    for _ in 0..iterations {
-                        let frame = Frame::json(event).unwrap();
-                        assert_eq!(publish(hub, &frame), recipients);
-                        arrivals.wait_all().await;
-                    }
-                    started.elapsed()
-                }
+                timed_publishes(&hub, &arrivals, &event, publish, recipients, iterations)
             });
         });
     }
     group.finish();
     runtime.block_on(hub.shutdown(Duration::from_secs(5)));
+}
+
+/// A way to publish a frame; returns how many connections it reached.
+type Publish = fn(&Hub, &Frame) -> usize;
+
+/// Publishes `event` `iterations` times, each time waiting until all of its
+/// `recipients` have read it, and returns the time taken.
+async fn timed_publishes(
+    hub: &Hub,
+    arrivals: &Arrivals,
+    event: &Event,
+    publish: Publish,
+    recipients: usize,
+    iterations: u64,
+) -> Duration {
+    let started = Instant::now();
+    for _ in 0..iterations {
+        // Serializing is part of the cost of a publish.
+        let frame = Frame::json(event).unwrap();
+        assert_eq!(publish(hub, &frame), recipients);
+        arrivals.wait_all().await;
+    }
+    started.elapsed()
 }
 
 criterion_group!(benches, fanout, channel);
