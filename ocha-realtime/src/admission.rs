@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use crate::history::Since;
+
 /// The application's decision to let a WebSocket in: who it is and which
 /// channels it starts in. Refusing is answering the upgrade request with a
 /// response of your own instead of calling
@@ -17,6 +19,7 @@ pub struct Admission {
     pub(crate) user: Option<Arc<str>>,
     pub(crate) channels: Vec<Arc<str>>,
     pub(crate) protocol: Option<String>,
+    pub(crate) since: Option<Since>,
 }
 
 impl Admission {
@@ -46,6 +49,26 @@ impl Admission {
     /// in `Sec-WebSocket-Protocol` (which browsers can use to carry a token).
     pub fn protocol(mut self, protocol: impl Into<String>) -> Admission {
         self.protocol = Some(protocol.into());
+        self
+    }
+
+    /// Resumes the client's stream of events published to all after the
+    /// event whose id it last received, as it said in `since` (say from a
+    /// `?since=` query parameter or a `Last-Event-ID` header).
+    ///
+    /// Its welcome then carries the hub's current position as
+    /// `"lastEventId"` (when the welcome is a JSON object), and it is sent
+    /// every event it missed, oldest first, before any live one: none
+    /// lost, none twice, however publishes and the replay interleave. An
+    /// empty `since` means "from now": nothing is replayed, but the client
+    /// learns the position to resume from later. When some of what it
+    /// missed is no longer kept (see [`Config::history_size`]), or `since`
+    /// is not an id this hub could have sent, it is sent
+    /// [`RESYNC`](crate::RESYNC) instead, then live events.
+    ///
+    /// [`Config::history_size`]: crate::Config::history_size
+    pub fn since(mut self, since: &str) -> Admission {
+        self.since = Some(Since::parse(since));
         self
     }
 }

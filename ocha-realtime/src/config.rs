@@ -28,6 +28,8 @@ pub struct Config {
     pub(crate) max_connections: usize,
     pub(crate) close_timeout: Duration,
     pub(crate) send_buffer_size: Option<usize>,
+    pub(crate) history_size: usize,
+    pub(crate) history_max_age: Duration,
 }
 
 impl Default for Config {
@@ -41,6 +43,8 @@ impl Default for Config {
             max_connections: usize::MAX,
             close_timeout: Duration::from_secs(5),
             send_buffer_size: Some(32 * 1024),
+            history_size: 1000,
+            history_max_age: Duration::from_secs(24 * 60 * 60),
         }
     }
 }
@@ -151,6 +155,30 @@ impl Config {
     /// Default: 32 KiB.
     pub fn send_buffer_size(mut self, bytes: Option<usize>) -> Self {
         self.send_buffer_size = bytes;
+        self
+    }
+
+    /// How many of the latest events published to all with an id
+    /// ([`Hub::publish_event`](crate::Hub::publish_event)) the hub keeps,
+    /// for clients that resume after a disconnect. A resuming client missed
+    /// at most this many, or it is told to resync. Zero keeps none: only a
+    /// client that missed nothing resumes.
+    ///
+    /// Each kept event costs a reference to its frame, shared with every
+    /// connection it was sent to.
+    ///
+    /// Default: 1000.
+    pub fn history_size(mut self, events: usize) -> Self {
+        self.history_size = events;
+        self
+    }
+
+    /// How long an event stays in the history; a client that was away
+    /// longer is told to resync.
+    ///
+    /// Default: 24 hours.
+    pub fn history_max_age(mut self, age: Duration) -> Self {
+        self.history_max_age = age;
         self
     }
 }

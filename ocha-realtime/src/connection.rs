@@ -57,12 +57,13 @@ pub(crate) struct Registration {
 
 impl Registration {
     /// Lists a connection in the hub as `admission` says; returns it with
-    /// the welcome to send first.
-    pub(crate) fn new(slot: Slot, admission: Admission) -> (Registration, Option<Bytes>) {
+    /// the frames to send first (the welcome, and a resuming client's
+    /// replay).
+    pub(crate) fn new(slot: Slot, admission: Admission) -> (Registration, VecDeque<Bytes>) {
         let outbox = Arc::new(Outbox::new(slot.0.now()));
-        let (id, welcome) = slot.0.register(&outbox, admission);
+        let (id, first) = slot.0.register(&outbox, admission);
         tracing::debug!(connection = %id, "WebSocket open");
-        (Registration { slot, id, outbox }, welcome)
+        (Registration { slot, id, outbox }, first)
     }
 }
 
@@ -116,13 +117,13 @@ enum ReadOutcome {
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
-    /// Runs a registered connection over `io`, `welcome` first.
-    pub(crate) fn new(registration: Registration, welcome: Option<Bytes>, io: IO) -> Self {
+    /// Runs a registered connection over `io`, sending `first` first.
+    pub(crate) fn new(registration: Registration, first: VecDeque<Bytes>, io: IO) -> Self {
         let registry = registration.registry();
         let inbound = Inbound::new(registry.config.max_message_size, registry.handler.is_some());
         Connection {
             io,
-            sending: welcome.into_iter().collect(),
+            sending: first,
             registration,
             inbound,
             written: 0,

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response};
@@ -16,7 +16,9 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::connection::{Connection, Registration};
 use crate::registry::{Registry, Slot, Stats, Target};
-use crate::{frame, handshake, Admission, Config, ConnectionId, Frame, HandshakeError, HubBuilder};
+use crate::{
+    frame, handshake, Admission, Config, ConnectionId, EventId, Frame, HandshakeError, HubBuilder,
+};
 
 /// A set of WebSocket connections: the hub greets them, sends them what you
 /// publish (to all, to a channel, to a user, to one connection), tells you
@@ -112,7 +114,7 @@ impl Hub {
         let slot = Slot::acquire(&self.registry).ok_or(HandshakeError::TooManyConnections)?;
         // Listed now, before the 101 goes out: whatever is published from
         // here on waits in its outbox for the socket.
-        let (registration, welcome) = Registration::new(slot, admission);
+        let (registration, first) = Registration::new(slot, admission);
         let registry = self.registry.clone();
         tokio::spawn(async move {
             let upgraded = match on_upgrade.await {
@@ -125,7 +127,7 @@ impl Hub {
                 Ok(parts) => {
                     let stream = parts.io.into_inner();
                     tune(&stream, &registry.config);
-                    let mut connection = Connection::new(registration, welcome, stream);
+                    let mut connection = Connection::new(registration, first, stream);
                     // Frames the client sent right behind its handshake. The
                     // bytes are a view of hyper's whole read buffer: let go.
                     connection.receive(&parts.read_buf);
@@ -134,7 +136,7 @@ impl Hub {
                 }
                 Err(upgraded) => {
                     warn_untuned(&registry);
-                    Connection::new(registration, welcome, TokioIo::new(upgraded)).await
+                    Connection::new(registration, first, TokioIo::new(upgraded)).await
                 }
             }
         });
@@ -157,8 +159,8 @@ impl Hub {
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
-        let (registration, welcome) = Registration::new(Slot::admitted(&self.registry), admission);
-        Connection::new(registration, welcome, io).await;
+        let (registration, first) = Registration::new(Slot::admitted(&self.registry), admission);
+        Connection::new(registration, first, io).await;
     }
 
     /// Sends `frame` to every connection and returns how many it reached.
@@ -169,6 +171,41 @@ impl Hub {
     /// the same order.
     pub fn publish(&self, frame: &Frame) -> usize {
         self.registry.publish(&frame.0)
+    }
+
+    /// Sends `frame`, the event `id`, to every connection, as
+    /// [`publish`](Self::publish) does, and keeps it for clients that
+    /// resume ([`Admission::since`]); returns how many it reached, or
+    /// `None`, sending nothing, if `id` is not after the last event's
+    /// (it was published already).
+    ///
+    /// Ids come from your own ordered log, so that the same event has the
+    /// same id on every node, and the id should be in `frame` for clients
+    /// to resume from: `{"type":"new_product",…,"id":"42"}`. Calls are
+    /// serialized, and every connection receives events in id order.
+    pub fn publish_event(&self, id: EventId, frame: &Frame) -> Option<usize> {
+        self.registry.publish_event(id, &frame.0)
+    }
+
+    /// Replaces the history with events from your log, at start: `last` is
+    /// the last id it assigned, `events` the latest it kept, oldest first,
+    /// each with when it was published. Clients may then resume from any of
+    /// them, or from `last`, across a restart. Nothing is sent.
+    pub fn restore_history<I>(&self, last: EventId, events: I)
+    where
+        I: IntoIterator<Item = (EventId, SystemTime, Frame)>,
+    {
+        let events = events
+            .into_iter()
+            .map(|(id, published_at, frame)| (id, published_at, frame.0))
+            .collect();
+        self.registry.restore_history(last, events);
+    }
+
+    /// The id of the latest event published with one, or restored:
+    /// [`EventId::START`] before any.
+    pub fn last_event_id(&self) -> EventId {
+        self.registry.last_event_id()
     }
 
     /// Sends `frame` to the members of `channel` and returns how many it

@@ -51,6 +51,11 @@
 //!   is a member, exactly once, in the order of the publishes to all, and of
 //!   the publishes to each channel; until it disconnects. Publishes to
 //!   different targets are not ordered with each other.
+//! - Events published with an id ([`Hub::publish_event`]) are kept in a
+//!   history bounded by count and age. A client admitted with
+//!   [`Admission::since`] (its last event id) is sent what it missed, then
+//!   live events, with nothing lost or repeated at the handover; or, if
+//!   what it missed is no longer kept, [`RESYNC`].
 //! - Publishing to a channel or user costs as much as it has connections,
 //!   however many the hub holds. A closed connection leaves its channels
 //!   and user with nothing left behind.
@@ -82,6 +87,7 @@
 //!   group's, presence, the heartbeat and the counters ([`Stats`]).
 //! - `groups`: channels and users, each a group with its own lock.
 //! - `admission`: [`Admission`]; `presence`: [`Presence`].
+//! - `history`: [`EventId`] and the events kept for resuming clients.
 //! - `handshake`: the opening handshake checks and [`HandshakeError`].
 //! - `connection`: one connection's task, a small hand-written future.
 //! - `outbox`: each connection's queue of shared frames.
@@ -109,6 +115,7 @@ mod frame;
 pub mod fuzzing;
 mod groups;
 mod handshake;
+mod history;
 mod hub;
 mod message;
 mod outbox;
@@ -120,6 +127,7 @@ pub use admission::Admission;
 pub use builder::HubBuilder;
 pub use config::{Config, OCHA_WELCOME};
 pub use handshake::{is_websocket_upgrade, HandshakeError};
+pub use history::{EventId, ParseEventIdError, RESYNC};
 pub use hub::{CloseError, Hub};
 pub use message::{ConnectionId, Frame, Message};
 pub use presence::Presence;

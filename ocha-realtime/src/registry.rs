@@ -2,21 +2,22 @@
 //! channels, admission against `max_connections`, fan-out of frames to every
 //! outbox or to a group's, the heartbeat, presence and the hub's counters.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::Waker;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::groups::Groups;
+use crate::history::{History, Replay, RESYNC};
 use crate::outbox::{CloseReason, Outbox, Pushed};
-use crate::{frame, Admission, Config, ConnectionId, Message, Presence};
+use crate::{frame, Admission, Config, ConnectionId, EventId, Message, Presence};
 
 /// Connections are spread over this many independently locked shards, so a
 /// connect or disconnect waits for at most one shard's share of a fan-out.
@@ -61,6 +62,8 @@ pub struct Stats {
     pub channels: usize,
     /// Users with at least one connection now.
     pub users: usize,
+    /// Events kept for clients that resume.
+    pub history: usize,
 }
 
 /// An open connection and the groups it is in.
@@ -98,6 +101,13 @@ type Shard = Mutex<BTreeMap<ConnectionId, Member>>;
 pub(crate) struct Registry {
     pub(crate) config: Config,
     welcome: Option<Bytes>,
+    /// [`RESYNC`], framed once.
+    resync: Bytes,
+    /// Events published to all with an id. Locked through each such
+    /// publish, and while a resuming connection is listed: each event is
+    /// then either in the connection's replay or published to it, never
+    /// both and never neither.
+    history: Mutex<History>,
     pub(crate) handler: Option<Handler>,
     on_presence: Option<PresenceHook>,
     /// Open connections by id, in shards; ordered, so that a fan-out visits
@@ -154,6 +164,8 @@ impl Registry {
                 .welcome
                 .as_deref()
                 .map(|text| frame::text(text.as_bytes())),
+            resync: frame::text(RESYNC.as_bytes()),
+            history: Mutex::new(History::new(config.history_size, config.history_max_age)),
             config,
             handler,
             on_presence,
@@ -187,18 +199,23 @@ impl Registry {
     }
 
     /// Adds a connection as `admission` says and returns its id and the
-    /// welcome to send first; every event published from here on reaches
-    /// its outbox.
+    /// frames to send first: the welcome, then what a resuming connection
+    /// missed. Every event published from here on reaches its outbox.
     pub(crate) fn register(
         self: &Arc<Self>,
         outbox: &Arc<Outbox>,
         admission: Admission,
-    ) -> (ConnectionId, Option<Bytes>) {
+    ) -> (ConnectionId, VecDeque<Bytes>) {
         if !self.heartbeat_started.swap(true, Ordering::AcqRel) {
             tokio::spawn(heartbeat(Arc::downgrade(self)));
         }
         let id = ConnectionId(self.next_id.fetch_add(1, Ordering::Relaxed));
-        let Admission { user, channels, .. } = admission;
+        let Admission {
+            user,
+            channels,
+            since,
+            ..
+        } = admission;
         // Nobody knows the id yet, so the groups can be joined before the
         // connection is listed, without holding its shard.
         if let Some(user) = &user {
@@ -220,12 +237,27 @@ impl Registry {
             outbox: outbox.clone(),
             groups,
         };
+        let mut first = VecDeque::new();
+        // Held until the connection is listed; see `Registry::history`.
+        let history = since.map(|since| {
+            let mut history = lock(&self.history);
+            first.extend(self.welcome_at(history.last()));
+            match history.replay(since) {
+                Replay::Events(missed) => first.extend(missed),
+                Replay::Resync => first.push_back(self.resync.clone()),
+            }
+            history
+        });
+        if history.is_none() {
+            first.extend(self.welcome.clone());
+        }
         let mut shard = self.shard(id);
         if self.is_shutting_down() {
             outbox.close(CloseReason::GoingAway, &mut Vec::new());
         }
         shard.insert(id, member);
         drop(shard);
+        drop(history);
         self.accepted.fetch_add(1, Ordering::Relaxed);
         self.announce(|| {
             let user = user.as_deref().map(str::to_owned);
@@ -239,7 +271,22 @@ impl Registry {
                 channel: channel.to_string(),
             }))
         });
-        (id, self.welcome.clone())
+        (id, first)
+    }
+
+    /// The welcome with the hub's position added as `"lastEventId"`, for a
+    /// resuming client; unchanged if it is not a JSON object.
+    fn welcome_at(&self, position: EventId) -> Option<Bytes> {
+        let welcome = self.config.welcome.as_deref()?.trim();
+        let Some(fields) = welcome
+            .strip_prefix('{')
+            .and_then(|rest| rest.strip_suffix('}'))
+        else {
+            return self.welcome.clone();
+        };
+        let separator = if fields.trim().is_empty() { "" } else { "," };
+        let text = format!(r#"{{{fields}{separator}"lastEventId":"{position}"}}"#);
+        Some(frame::text(text.as_bytes()))
     }
 
     /// Removes a closed connection from the hub and from its groups.
@@ -360,6 +407,27 @@ impl Registry {
             wake.drain(..).for_each(Waker::wake);
         }
         self.count_published(reached, overflowed)
+    }
+
+    /// Publishes to all an event with an id after the last one, keeping it
+    /// for resuming clients; `None` if its id is not after the last.
+    pub(crate) fn publish_event(&self, id: EventId, frame: &Bytes) -> Option<usize> {
+        let mut history = lock(&self.history);
+        if !history.append(id, SystemTime::now(), frame) {
+            return None;
+        }
+        let reached = self.publish(frame);
+        drop(history);
+        Some(reached)
+    }
+
+    /// Replaces the history with the application's; see [`History::restore`].
+    pub(crate) fn restore_history(&self, last: EventId, events: Vec<(EventId, SystemTime, Bytes)>) {
+        lock(&self.history).restore(last, events);
+    }
+
+    pub(crate) fn last_event_id(&self) -> EventId {
+        lock(&self.history).last()
     }
 
     /// Queues a frame on every connection in `channel`, or of `user`.
@@ -495,6 +563,7 @@ impl Registry {
             heartbeat_timeouts: self.heartbeat_timeouts.load(Ordering::Relaxed),
             channels: self.channels.count(),
             users: self.users.count(),
+            history: lock(&self.history).len(),
         }
     }
 

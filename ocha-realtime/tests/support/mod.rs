@@ -30,7 +30,7 @@ pub async fn serve_hub(hub: Hub) -> SocketAddr {
 
 /// Serves `hub` on a free port: WebSocket upgrades on `/` (with hyper's
 /// `Incoming` body) and on `/mapped` (with the body replaced, as a framework
-/// would), and a plain route on `/health`.
+/// would), and a plain route on `/health`. `/?since=ID` resumes after `ID`.
 pub async fn serve(config: Config) -> (Hub, SocketAddr) {
     let hub = Hub::new(config);
     let addr = serve_hub(hub.clone()).await;
@@ -42,9 +42,19 @@ async fn accept_loop(listener: TcpListener, hub: Hub) {
         let (stream, _) = listener.accept().await.unwrap();
         let hub = hub.clone();
         let service = service_fn(move |request: Request<Incoming>| {
-            let response = match request.uri().path() {
-                "/" => hub.upgrade(request),
-                "/mapped" => hub.upgrade(request.map(|_| Empty::<Bytes>::new())),
+            // `/?since=ID` resumes; ids are digits, so no decoding is needed.
+            let since = request.uri().query().and_then(|query| {
+                query
+                    .split('&')
+                    .find_map(|pair| pair.strip_prefix("since="))
+                    .map(str::to_owned)
+            });
+            let response = match (request.uri().path(), since) {
+                ("/", Some(since)) => {
+                    hub.upgrade_with(request, Admission::anonymous().since(&since))
+                }
+                ("/", None) => hub.upgrade(request),
+                ("/mapped", _) => hub.upgrade(request.map(|_| Empty::<Bytes>::new())),
                 _ => Ok(Response::new(Full::new(Bytes::from("ok")))),
             };
             let response = response.unwrap_or_else(HandshakeError::into_response);
