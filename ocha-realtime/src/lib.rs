@@ -88,6 +88,9 @@
 //! - `groups`: channels and users, each a group with its own lock.
 //! - `admission`: [`Admission`]; `presence`: [`Presence`].
 //! - `history`: [`EventId`] and the events kept for resuming clients.
+//! - `relay`: [`Relay`], which feeds a hub from the application's event log
+//!   ([`EventLog`]) in id order, on one node or many (over Redis with the
+//!   `redis` feature).
 //! - `handshake`: the opening handshake checks and [`HandshakeError`].
 //! - `connection`: one connection's task, a small hand-written future.
 //! - `outbox`: each connection's queue of shared frames.
@@ -121,6 +124,7 @@ mod message;
 mod outbox;
 mod presence;
 mod registry;
+mod relay;
 mod utf8;
 
 pub use admission::Admission;
@@ -132,3 +136,4 @@ pub use hub::{CloseError, Hub};
 pub use message::{ConnectionId, Frame, Message};
 pub use presence::Presence;
 pub use registry::Stats;
+pub use relay::{EventLog, Relay, RelayBuilder, RelayStats};
