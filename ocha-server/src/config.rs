@@ -12,6 +12,11 @@
 //! | `WS_MAX_CONNECTIONS`   | unlimited        | open WebSockets; upgrades past it get 503  |
 //! | `WS_MAX_MESSAGE_BYTES` | `65536`          | largest client message; larger gets 1009   |
 //! | `WS_ALLOWED_ORIGINS`   | every origin     | comma-separated exact `Origin` allow-list  |
+//! | `EVENT_HISTORY`        | `1000`           | events kept for resuming clients (0: none) |
+//! | `EVENT_HISTORY_SECS`   | `86400`          | how long an event is kept, in seconds      |
+//! | `REDIS_URL`            | none (one node)  | `redis://HOST:PORT`: share events by Redis |
+//! | `EVENT_POLL_MS`        | `1000`           | how often the event log is read for events |
+//! |                        |                  | nobody announced (from a node that died)   |
 //!
 //! The `WS_*` variables tune the [`ocha_realtime::Hub`]; see
 //! [`ocha_realtime::Config`] for what each setting does.
@@ -96,6 +101,67 @@ pub enum ConfigError {
     /// `WS_ALLOWED_ORIGINS` holds something that is not an origin.
     #[error("WS_ALLOWED_ORIGINS must be comma-separated origins such as https://shop.example, got {0:?}")]
     AllowedOrigins(String),
+    /// `EVENT_HISTORY` is not a number of events.
+    #[error("EVENT_HISTORY must be a whole number of events, got {0:?}")]
+    History(String),
+    /// `REDIS_URL` is not a Redis URL.
+    #[error("REDIS_URL must be redis://HOST:PORT, got {0:?}")]
+    RedisUrl(String),
+}
+
+/// Event history and sharing, from `EVENT_HISTORY`, `EVENT_HISTORY_SECS`,
+/// `REDIS_URL` and `EVENT_POLL_MS`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventSettings {
+    /// Events kept for resuming clients, in memory and in the database.
+    pub history: usize,
+    /// How long an event is kept.
+    pub history_age: Duration,
+    /// The Redis server nodes share events through, if any.
+    pub redis_url: Option<String>,
+    /// How often the event log is read for events nobody announced.
+    pub poll_interval: Duration,
+}
+
+impl Default for EventSettings {
+    fn default() -> Self {
+        EventSettings {
+            history: 1000,
+            history_age: Duration::from_secs(24 * 60 * 60),
+            redis_url: None,
+            poll_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+impl EventSettings {
+    fn from_lookup(
+        lookup: &impl Fn(&str) -> Option<OsString>,
+    ) -> Result<EventSettings, ConfigError> {
+        let defaults = EventSettings::default();
+        let history = var(lookup, "EVENT_HISTORY")?
+            .map(|events| events.parse().map_err(|_| ConfigError::History(events)))
+            .transpose()?
+            .unwrap_or(defaults.history);
+        let redis_url = var(lookup, "REDIS_URL")?
+            .map(|url| match url.strip_prefix("redis://") {
+                Some(rest) if !rest.is_empty() => Ok(url),
+                _ => Err(ConfigError::RedisUrl(url)),
+            })
+            .transpose()?;
+        let seconds = |name| positive(lookup, name);
+        Ok(EventSettings {
+            history,
+            history_age: seconds("EVENT_HISTORY_SECS")?.map_or(defaults.history_age, |secs| {
+                Duration::from_secs(secs as u64)
+            }),
+            redis_url,
+            poll_interval: positive(lookup, "EVENT_POLL_MS")?
+                .map_or(defaults.poll_interval, |ms| {
+                    Duration::from_millis(ms as u64)
+                }),
+        })
+    }
 }
 
 /// How the WebSocket hub behaves, from the `WS_*` variables. A variable
@@ -182,6 +248,8 @@ pub struct Config {
     pub jwt_secret: Option<String>,
     /// From the `WS_*` variables.
     pub hub: HubSettings,
+    /// From the `EVENT_*` variables and `REDIS_URL`.
+    pub events: EventSettings,
 }
 
 impl fmt::Debug for Config {
@@ -195,6 +263,7 @@ impl fmt::Debug for Config {
                 &self.jwt_secret.as_ref().map(|_| "<redacted>"),
             )
             .field("hub", &self.hub)
+            .field("events", &self.events)
             .finish()
     }
 }
@@ -225,6 +294,7 @@ impl Config {
             database,
             jwt_secret: jwt_secret(&lookup)?,
             hub: HubSettings::from_lookup(&lookup)?,
+            events: EventSettings::from_lookup(&lookup)?,
         })
     }
 }
@@ -297,6 +367,56 @@ mod tests {
         assert_eq!(config.database, Database::File("ocha.db".into()));
         assert_eq!(config.jwt_secret, None);
         assert_eq!(config.hub, HubSettings::default());
+        assert_eq!(config.events, EventSettings::default());
+    }
+
+    #[test]
+    fn event_settings() {
+        let config = config(&[
+            ("EVENT_HISTORY", "0"),
+            ("EVENT_HISTORY_SECS", "60"),
+            ("REDIS_URL", "redis://127.0.0.1:6379"),
+            ("EVENT_POLL_MS", "250"),
+        ])
+        .unwrap();
+        assert_eq!(
+            config.events,
+            EventSettings {
+                history: 0,
+                history_age: Duration::from_secs(60),
+                redis_url: Some("redis://127.0.0.1:6379".into()),
+                poll_interval: Duration::from_millis(250),
+            }
+        );
+        for (name, bad, error) in [
+            ("EVENT_HISTORY", "-1", ConfigError::History("-1".into())),
+            (
+                "EVENT_HISTORY_SECS",
+                "0",
+                ConfigError::NotPositive("EVENT_HISTORY_SECS", "0".into()),
+            ),
+            (
+                "EVENT_POLL_MS",
+                "x",
+                ConfigError::NotPositive("EVENT_POLL_MS", "x".into()),
+            ),
+            (
+                "REDIS_URL",
+                "localhost:6379",
+                ConfigError::RedisUrl("localhost:6379".into()),
+            ),
+            (
+                "REDIS_URL",
+                "redis://",
+                ConfigError::RedisUrl("redis://".into()),
+            ),
+        ] {
+            assert_eq!(config_error(name, bad), error, "{name}={bad}");
+        }
+    }
+
+    fn config_error(name: &str, value: &str) -> ConfigError {
+        config(&[(name, value)]).unwrap_err()
     }
 
     #[test]
