@@ -21,7 +21,7 @@ use hyper_util::rt::TokioIo;
 use ocha_realtime::{is_websocket_upgrade, Admission, Config, Frame, HandshakeError, Hub};
 use ocha_server::api::App;
 use ocha_server::auth::Keys;
-use ocha_server::config::Database;
+use ocha_server::config::{Database, EventSettings};
 use ocha_server::server;
 use ocha_server::store::Store;
 use serde_json::Value;
@@ -134,7 +134,10 @@ async fn loadgen_against_the_real_server_loses_nothing() {
     let store = Store::open(&Database::Memory)
         .await
         .expect("open the database");
-    let app = App::new(store, Keys::from_secret(SECRET.as_bytes()), Hub::default());
+    let keys = Keys::from_secret(SECRET.as_bytes());
+    let app = App::start(store, keys, Hub::default(), &EventSettings::default())
+        .await
+        .expect("start the app");
     let listener = listen().await;
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();

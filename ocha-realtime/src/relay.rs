@@ -60,8 +60,8 @@ pub struct RelayStats {
     /// Of those, events it had to read from the log: another node's, when
     /// Redis is off or missed them, or ones nobody announced.
     pub from_log: u64,
-    /// Whether the Redis connections are up (always false without Redis).
-    pub redis_connected: bool,
+    /// Whether the relay is subscribed to Redis now; `None` without Redis.
+    pub redis_connected: Option<bool>,
     /// Times Redis became unreachable.
     pub redis_outages: u64,
 }
@@ -298,9 +298,12 @@ impl<L: EventLog> Shared<L> {
         let (redis_connected, redis_outages) = self
             .redis
             .as_ref()
-            .map_or((false, 0), redis_fanout::Fanout::status);
+            .map_or((None, 0), |redis| {
+                let (connected, outages) = redis.status();
+                (Some(connected), outages)
+            });
         #[cfg(not(feature = "redis"))]
-        let (redis_connected, redis_outages) = (false, 0);
+        let (redis_connected, redis_outages) = (None, 0);
         RelayStats {
             delivered: self.delivered.load(Ordering::Relaxed),
             from_log: self.from_log.load(Ordering::Relaxed),

@@ -2,8 +2,10 @@
 //!
 //! | route                  | methods   | handler                                |
 //! |------------------------|-----------|----------------------------------------|
-//! | `/`                    | GET       | WebSocket upgrade into the [`Hub`]     |
+//! | `/`                    | GET       | WebSocket upgrade into the [`Hub`];    |
+//! |                        |           | `?since=ID` resumes after event `ID`   |
 //! | `/api/v1/health`       | GET       | `Ignition!`                            |
+//! | `/api/v1/ready`        | GET       | readiness: database and Redis status   |
 //! | `/api/v1/products`     | GET, POST | listing; creation (admin) + broadcast  |
 //! | `/api/v1/products/:id` | GET       | one product                            |
 //!
@@ -14,41 +16,48 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Body as HttpBody;
-use ocha_realtime::{Frame, HandshakeError, Hub};
+use ocha_realtime::{Admission, EventId, HandshakeError, Hub, Relay};
 
-use crate::event::{Event, Product};
+use crate::event::Product;
 use serde::Serialize;
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::auth::Keys;
+use crate::config::EventSettings;
+use crate::event_log;
 use crate::error::{ApiError, MAX_BODY_BYTES};
 use crate::listing::ListQuery;
 use crate::object_id;
 use crate::product::NewProduct;
 use crate::response::{self, Body};
-use crate::store::Store;
+use crate::server::StartError;
+use crate::store::{Store, StoredEvent};
 
-/// Committed products waiting for the broadcaster. Bounded so that a
-/// broadcaster that falls behind slows down inserts (the database thread
-/// waits for room) instead of queueing without limit; a fan-out takes
+/// Committed events waiting for the broadcaster. A fan-out takes
 /// milliseconds and admins create products by hand, so 1024 is never
-/// reached in normal operation.
+/// reached in normal operation; if it were, the relay would read the
+/// events it missed from the log.
 const BROADCAST_QUEUE: usize = 1024;
 
-/// Everything a request handler needs: storage, token keys and the hub.
+/// How long the readiness check waits for the database.
+const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Everything a request handler needs: storage, token keys, the hub and
+/// the relay that feeds it.
 #[derive(Clone)]
 pub struct App {
     store: Store,
     keys: Keys,
     hub: Hub,
+    relay: Relay<Store>,
     broadcasts: mpsc::Sender<Broadcast>,
 }
 
 /// Work for the broadcaster, done in the order it was queued.
 enum Broadcast {
-    /// Publish this committed product (boxed: a flush is tiny).
-    Product(Box<Product>),
+    /// Publish this committed event.
+    Event(StoredEvent),
     /// Answer once everything queued before has been published.
     Flush(oneshot::Sender<()>),
 }
@@ -56,6 +65,7 @@ enum Broadcast {
 enum Route<'a> {
     Hub,
     Health,
+    Ready,
     Products,
     Product(&'a str),
 }
@@ -77,21 +87,34 @@ struct Listing<'a> {
 }
 
 impl App {
-    /// Bundles the parts a server needs, and starts the task that
-    /// broadcasts created products to the hub.
+    /// Bundles the parts a server needs: restores `hub`'s history from
+    /// `store`'s event log and starts feeding it as `events` says (see
+    /// [`event_log::start`]), and starts the task that hands committed
+    /// events to the relay.
+    ///
+    /// # Errors
+    ///
+    /// When the event log cannot be read or Redis cannot be used.
     ///
     /// # Panics
     ///
     /// Outside a Tokio runtime.
-    pub fn new(store: Store, keys: Keys, hub: Hub) -> App {
+    pub async fn start(
+        store: Store,
+        keys: Keys,
+        hub: Hub,
+        events: &EventSettings,
+    ) -> Result<App, StartError> {
+        let relay = event_log::start(&store, &hub, events).await?;
         let (broadcasts, queue) = mpsc::channel(BROADCAST_QUEUE);
-        tokio::spawn(broadcast(hub.clone(), queue));
-        App {
+        tokio::spawn(broadcast(relay.clone(), queue));
+        Ok(App {
             store,
             keys,
             hub,
+            relay,
             broadcasts,
-        }
+        })
     }
 
     /// The hub WebSocket clients join, for shutting it down.
@@ -112,16 +135,21 @@ impl App {
         let result = match (route, method) {
             // The hub checks the whole handshake and explains what is missing.
             (Route::Hub, Method::GET) => {
+                let admission = match since(request.uri().query()) {
+                    Some(since) => Admission::anonymous().since(&since),
+                    None => Admission::anonymous(),
+                };
                 return self
                     .hub
-                    .upgrade(request)
-                    .unwrap_or_else(HandshakeError::into_response)
+                    .upgrade_with(request, admission)
+                    .unwrap_or_else(HandshakeError::into_response);
             }
             (Route::Health, Method::GET) => Ok(response::text(StatusCode::OK, "Ignition!")),
+            (Route::Ready, Method::GET) => Ok(self.readiness().await),
             (Route::Products, Method::GET) => self.list_products(request.uri().query()).await,
             (Route::Products, Method::POST) => self.create_product(request).await,
             (Route::Product(id), Method::GET) => self.get_product(id).await,
-            (Route::Hub | Route::Health | Route::Product(_), _) => {
+            (Route::Hub | Route::Health | Route::Ready | Route::Product(_), _) => {
                 Err(ApiError::MethodNotAllowed("GET"))
             }
             (Route::Products, _) => Err(ApiError::MethodNotAllowed("GET, POST")),
@@ -139,17 +167,16 @@ impl App {
         let body = read_body(request.into_body()).await?;
         let product = NewProduct::from_json(&body)?.into_product(OffsetDateTime::now_utc());
         let broadcasts = self.broadcasts.clone();
-        // Queueing from the commit hook broadcasts exactly the committed
-        // products, in commit order, even if this request is dropped while it
-        // waits (hyper drops it when the client hangs up). The fan-out itself
-        // runs on the broadcaster, not on the database thread.
-        let queue = move |product: &Product| {
+        // The commit hook runs even if this request is dropped while it
+        // waits (hyper drops it when the client hangs up); the fan-out runs
+        // on the broadcaster, not on the database's thread or task. An event
+        // that cannot be queued is still in the log, which the relay reads.
+        let queue = move |event: &StoredEvent| {
             if broadcasts
-                .blocking_send(Broadcast::Product(Box::new(product.clone())))
+                .try_send(Broadcast::Event(event.clone()))
                 .is_err()
             {
-                // Only when the runtime, and the broadcaster with it, is gone.
-                tracing::warn!(id = %product.id, "product committed but not broadcast");
+                tracing::warn!(event = event.id, "broadcast queue full: the relay reads the event from the log");
             }
         };
         let product = self.store.insert(product, queue).await?;
@@ -160,6 +187,43 @@ impl App {
                 product: &product,
             },
         ))
+    }
+
+    /// Whether this node can serve: 200 when the database answers (Redis
+    /// being down only slows other nodes' events), 503 otherwise; the body
+    /// says how each dependency is.
+    async fn readiness(&self) -> Response<Body> {
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Readiness {
+            status: &'static str,
+            database: &'static str,
+            redis: &'static str,
+            last_event_id: String,
+        }
+        let database_up = matches!(
+            tokio::time::timeout(READY_TIMEOUT, self.store.ping()).await,
+            Ok(Ok(()))
+        );
+        let redis = match self.relay.stats().redis_connected {
+            None => "off",
+            Some(true) => "up",
+            Some(false) => "down",
+        };
+        let (status, code) = if database_up {
+            ("ready", StatusCode::OK)
+        } else {
+            ("unavailable", StatusCode::SERVICE_UNAVAILABLE)
+        };
+        response::json(
+            code,
+            &Readiness {
+                status,
+                database: if database_up { "up" } else { "down" },
+                redis,
+                last_event_id: self.hub.last_event_id().to_string(),
+            },
+        )
     }
 
     /// Waits until every product committed so far has been published.
@@ -207,18 +271,14 @@ impl App {
     }
 }
 
-/// Publishes queued products in order. Ends once every [`App`] clone and
-/// every insert still holding a queue handle is gone.
-async fn broadcast(hub: Hub, mut queue: mpsc::Receiver<Broadcast>) {
+/// Hands queued events to the relay in order. Ends once every [`App`]
+/// clone and every insert still holding a queue handle is gone.
+async fn broadcast(relay: Relay<Store>, mut queue: mpsc::Receiver<Broadcast>) {
     while let Some(work) = queue.recv().await {
         match work {
-            Broadcast::Product(product) => {
-                let id = product.id.clone();
-                let event = Event::NewProduct { product: *product };
-                // Documents hold strings, booleans, numbers and lists of them.
-                let frame = Frame::json(&event).expect("events always serialize");
-                let reached = hub.publish(&frame);
-                tracing::debug!(%id, reached, "product broadcast");
+            Broadcast::Event(event) => {
+                relay.publish(EventId::new(event.id), &event.json);
+                tracing::debug!(event = event.id, "event published");
             }
             Broadcast::Flush(done) => {
                 let _ = done.send(());
@@ -234,12 +294,21 @@ fn route(path: &str) -> Option<Route<'_>> {
     let path = path.strip_suffix('/').unwrap_or(path);
     match path.strip_prefix("/api/v1/")? {
         "health" => Some(Route::Health),
+        "ready" => Some(Route::Ready),
         "products" => Some(Route::Products),
         rest => rest
             .strip_prefix("products/")
             .filter(|id| !id.is_empty() && !id.contains('/'))
             .map(Route::Product),
     }
+}
+
+/// The `since` query parameter of a WebSocket upgrade, decoded; `None`
+/// when absent (a plain connection, whose welcome stays as the Ocha API's).
+fn since(query: Option<&str>) -> Option<String> {
+    form_urlencoded::parse(query?.as_bytes())
+        .find(|(name, _)| name == "since")
+        .map(|(_, value)| value.into_owned())
 }
 
 /// Reads the whole body, refusing more than [`MAX_BODY_BYTES`].
@@ -263,6 +332,7 @@ mod tests {
         route(path).map(|route| match route {
             Route::Hub => "hub".to_owned(),
             Route::Health => "health".to_owned(),
+            Route::Ready => "ready".to_owned(),
             Route::Products => "products".to_owned(),
             Route::Product(id) => format!("product {id}"),
         })
@@ -272,6 +342,7 @@ mod tests {
     fn routes_paths() {
         assert_eq!(routed("/").as_deref(), Some("hub"));
         assert_eq!(routed("/api/v1/health").as_deref(), Some("health"));
+        assert_eq!(routed("/api/v1/ready").as_deref(), Some("ready"));
         assert_eq!(routed("/api/v1/products").as_deref(), Some("products"));
         assert_eq!(routed("/api/v1/products/").as_deref(), Some("products"));
         assert_eq!(
@@ -295,5 +366,15 @@ mod tests {
         ] {
             assert_eq!(routed(unknown), None, "{unknown}");
         }
+    }
+
+    #[test]
+    fn since_is_read_from_the_query() {
+        assert_eq!(since(None), None);
+        assert_eq!(since(Some("")), None);
+        assert_eq!(since(Some("token=x")), None);
+        assert_eq!(since(Some("since=")).as_deref(), Some(""));
+        assert_eq!(since(Some("a=1&since=42")).as_deref(), Some("42"));
+        assert_eq!(since(Some("since=%34%32")).as_deref(), Some("42"));
     }
 }

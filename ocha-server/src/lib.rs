@@ -12,6 +12,8 @@
 //! - [`response`]: JSON and text response builders.
 //! - [`event`]: the events clients receive and the product documents they
 //!   carry, byte for byte as the Ocha API writes them.
+//! - [`event_log`]: the database's event log feeding the hub, on one node
+//!   or many (over Redis): resume history, ids, catch-up.
 //! - [`product`]: product validation and documents.
 //! - [`listing`]: listing query parameters and paging.
 //! - [`store`]: SQLite storage on a dedicated thread.
@@ -25,10 +27,11 @@
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
-//! use ocha_server::{api::App, auth::Keys, config::Database, server, store::Store};
+//! use ocha_server::{api::App, auth::Keys, config::{Database, EventSettings}, server, store::Store};
 //!
 //! let store = Store::open(&Database::Memory).await?;
-//! let app = App::new(store, Keys::from_secret(b"secret"), ocha_realtime::Hub::default());
+//! let hub = ocha_realtime::Hub::default();
+//! let app = App::start(store, Keys::from_secret(b"secret"), hub, &EventSettings::default()).await?;
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
 //! server::run(listener, app, async { let _ = tokio::signal::ctrl_c().await; }).await;
 //! # Ok(())
@@ -43,6 +46,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod event;
+pub mod event_log;
 pub mod listing;
 pub mod object_id;
 pub mod product;

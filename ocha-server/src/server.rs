@@ -19,7 +19,7 @@ use tracing::{debug, info, warn};
 
 use crate::api::App;
 use crate::auth::{Keys, ADMIN_ROLE, DEFAULT_TTL};
-use crate::config::Config;
+use crate::config::{Config, Database};
 use crate::response::Body;
 use crate::store::{Store, StoreError};
 
@@ -36,6 +36,13 @@ pub enum StartError {
     /// The database could not be opened or prepared.
     #[error("cannot open the database: {0}")]
     Store(#[from] StoreError),
+    /// `REDIS_URL` was given without a shared database: nodes with a
+    /// database each would give different events the same ids.
+    #[error("REDIS_URL shares events between nodes, which must share their database: set DATABASE_URL=postgres://...")]
+    RedisWithoutSharedDatabase,
+    /// `REDIS_URL` could not be used.
+    #[error("cannot use REDIS_URL: {0}")]
+    Redis(#[source] ocha_realtime::redis::RedisError),
     /// The listening socket could not be set up.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -49,6 +56,9 @@ pub enum StartError {
 /// Opens the database, listens on the configured address and serves until
 /// `shutdown` completes.
 pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+    if config.events.redis_url.is_some() && !matches!(config.database, Database::Postgres(_)) {
+        return Err(StartError::RedisWithoutSharedDatabase);
+    }
     let store = Store::open(&config.database).await?;
     let keys = match &config.jwt_secret {
         Some(secret) => Keys::from_secret(secret.as_bytes()),
@@ -69,11 +79,16 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     let listener = TcpListener::bind(config.addr).await.map_err(listen_error)?;
     let addr = listener.local_addr().map_err(listen_error)?;
     info!(%addr, database = %config.database, "ocha-server listening");
-    let hub_config = config.hub.realtime_config();
+    let hub_config = config
+        .hub
+        .realtime_config()
+        .history_size(config.events.history)
+        .history_max_age(config.events.history_age);
     debug!(hub = ?hub_config, "WebSocket hub settings");
 
     let hub = Hub::new(hub_config);
-    run(listener, App::new(store, keys, hub), shutdown).await;
+    let app = App::start(store, keys, hub, &config.events).await?;
+    run(listener, app, shutdown).await;
     Ok(())
 }
 

@@ -18,7 +18,7 @@ use hyper_util::rt::TokioIo;
 use ocha_realtime::Hub;
 use ocha_server::api::App;
 use ocha_server::auth::Keys;
-use ocha_server::config::Database;
+use ocha_server::config::{Database, EventSettings};
 use ocha_server::server;
 use ocha_server::store::Store;
 use serde_json::{json, Value};
@@ -87,7 +87,9 @@ impl TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let app = App::new(store, keys.clone(), hub);
+        let app = App::start(store, keys.clone(), hub, &EventSettings::default())
+            .await
+            .expect("start the app");
         let task = tokio::spawn(server::run(listener, app, async {
             let _ = stopped.await;
         }));
