@@ -465,3 +465,37 @@ pub async fn stderr(child: &mut Child) -> String {
     }
     text
 }
+
+/// Connects a WebSocket client to `/?since=SINCE` and returns it with its
+/// welcome.
+pub async fn ws_resume(addr: SocketAddr, since: &str) -> (Ws, String) {
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/?since={since}"))
+        .await
+        .expect("WebSocket handshake");
+    let welcome = next_text(&mut ws).await;
+    (ws, welcome)
+}
+
+/// The welcome of a client that resumed, at `position`.
+pub fn welcome_at(position: u64) -> String {
+    format!(r#"{{"message":"Connecté au WebSocket","lastEventId":"{position}"}}"#)
+}
+
+/// The id of an event, as a number.
+pub fn event_id(event: &str) -> u64 {
+    let event: Value = serde_json::from_str(event).expect("an event is JSON");
+    event["id"]
+        .as_str()
+        .expect("an event has a string id")
+        .parse()
+        .expect("ids are decimal")
+}
+
+/// The name of the product an event carries.
+pub fn event_product_name(event: &str) -> String {
+    let event: Value = serde_json::from_str(event).expect("an event is JSON");
+    event["product"]["name"]
+        .as_str()
+        .expect("a product event")
+        .to_owned()
+}
