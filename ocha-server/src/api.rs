@@ -16,7 +16,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Body as HttpBody;
 use ocha_realtime::{Frame, HandshakeError, Hub};
 
-use crate::event::{Event, Product};
+use crate::event::Product;
 use serde::Serialize;
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
@@ -27,13 +27,13 @@ use crate::listing::ListQuery;
 use crate::object_id;
 use crate::product::NewProduct;
 use crate::response::{self, Body};
-use crate::store::Store;
+use crate::store::{Store, StoredEvent};
 
-/// Committed products waiting for the broadcaster. Bounded so that a
-/// broadcaster that falls behind slows down inserts (the database thread
-/// waits for room) instead of queueing without limit; a fan-out takes
-/// milliseconds and admins create products by hand, so 1024 is never
-/// reached in normal operation.
+/// Committed events waiting for the broadcaster. Bounded so that a
+/// broadcaster that falls behind cannot grow it without limit: an event
+/// that finds it full is not broadcast (and is logged), though it stays in
+/// the store's event log. A fan-out takes milliseconds and admins create
+/// products by hand, so 1024 is never reached in normal operation.
 const BROADCAST_QUEUE: usize = 1024;
 
 /// Everything a request handler needs: storage, token keys and the hub.
@@ -47,8 +47,8 @@ pub struct App {
 
 /// Work for the broadcaster, done in the order it was queued.
 enum Broadcast {
-    /// Publish this committed product (boxed: a flush is tiny).
-    Product(Box<Product>),
+    /// Publish this committed event.
+    Event(StoredEvent),
     /// Answer once everything queued before has been published.
     Flush(oneshot::Sender<()>),
 }
@@ -140,16 +140,14 @@ impl App {
         let product = NewProduct::from_json(&body)?.into_product(OffsetDateTime::now_utc());
         let broadcasts = self.broadcasts.clone();
         // Queueing from the commit hook broadcasts exactly the committed
-        // products, in commit order, even if this request is dropped while it
-        // waits (hyper drops it when the client hangs up). The fan-out itself
-        // runs on the broadcaster, not on the database thread.
-        let queue = move |product: &Product| {
-            if broadcasts
-                .blocking_send(Broadcast::Product(Box::new(product.clone())))
-                .is_err()
-            {
-                // Only when the runtime, and the broadcaster with it, is gone.
-                tracing::warn!(id = %product.id, "product committed but not broadcast");
+        // events, even if this request is dropped while it waits (hyper
+        // drops it when the client hangs up): in commit order with SQLite,
+        // in the order the commits return with Postgres. The fan-out itself
+        // runs on the broadcaster. The hook may run on a Tokio task, where
+        // waiting for room would block a worker, so a full queue drops.
+        let queue = move |event: &StoredEvent| {
+            if let Err(error) = broadcasts.try_send(Broadcast::Event(event.clone())) {
+                tracing::warn!(id = event.id, %error, "event committed but not broadcast");
             }
         };
         let product = self.store.insert(product, queue).await?;
@@ -207,18 +205,14 @@ impl App {
     }
 }
 
-/// Publishes queued products in order. Ends once every [`App`] clone and
+/// Publishes queued events in order. Ends once every [`App`] clone and
 /// every insert still holding a queue handle is gone.
 async fn broadcast(hub: Hub, mut queue: mpsc::Receiver<Broadcast>) {
     while let Some(work) = queue.recv().await {
         match work {
-            Broadcast::Product(product) => {
-                let id = product.id.clone();
-                let event = Event::NewProduct { product: *product };
-                // Documents hold strings, booleans, numbers and lists of them.
-                let frame = Frame::json(&event).expect("events always serialize");
-                let reached = hub.publish(&frame);
-                tracing::debug!(%id, reached, "product broadcast");
+            Broadcast::Event(event) => {
+                let reached = hub.publish(&Frame::text(&event.json));
+                tracing::debug!(id = event.id, reached, "event broadcast");
             }
             Broadcast::Flush(done) => {
                 let _ = done.send(());
