@@ -12,7 +12,7 @@ use ocha_server::config::Database;
 use ocha_server::event::{ExtraChf, Product, Size};
 use ocha_server::store::{Activity, Store, StoreError, StoredEvent};
 
-/// Runs each check against both backends.
+/// Runs each check, given the database to open, against both backends.
 macro_rules! on_both_backends {
     ($($check:ident),* $(,)?) => {
         mod sqlite {
@@ -20,8 +20,7 @@ macro_rules! on_both_backends {
                 #[tokio::test]
                 async fn $check() {
                     let dir = crate::common::TempDir::new("store");
-                    let store = super::open(super::Database::File(dir.database())).await;
-                    super::$check(&store).await;
+                    super::$check(&super::Database::File(dir.database())).await;
                 }
             )*
         }
@@ -30,8 +29,7 @@ macro_rules! on_both_backends {
                 #[tokio::test]
                 async fn $check() {
                     let server = super::PostgresServer::new();
-                    let store = super::open(super::Database::Postgres(server.url())).await;
-                    super::$check(&store).await;
+                    super::$check(&super::Database::Postgres(server.url())).await;
                 }
             )*
         }
@@ -46,10 +44,11 @@ on_both_backends!(
     pruning_never_lowers_the_counter,
     products_round_trip_exactly_and_list_in_insertion_order,
     ping_answers,
+    cuts_by_time_leave_no_hole_when_clocks_disagree,
 );
 
-async fn open(database: Database) -> Store {
-    Store::open(&database).await.expect("open the store")
+async fn open(database: &Database) -> Store {
+    Store::open(database).await.expect("open the store")
 }
 
 /// A product whose id, slug and name `n` makes unique.
@@ -104,7 +103,8 @@ async fn insert_apart(store: &Store, numbers: impl IntoIterator<Item = u32>) -> 
     commits.events()
 }
 
-async fn ids_are_gapless_and_conflicts_take_none(store: &Store) {
+async fn ids_are_gapless_and_conflicts_take_none(database: &Database) {
+    let store = open(database).await;
     let commits = Commits::default();
     store.insert(product(1), commits.hook()).await.unwrap();
 
@@ -134,7 +134,8 @@ async fn ids_are_gapless_and_conflicts_take_none(store: &Store) {
     assert_eq!(store.list(Activity::Any, 0, 100).await.unwrap().total, 3);
 }
 
-async fn events_carry_the_exact_json_with_the_id_last(store: &Store) {
+async fn events_carry_the_exact_json_with_the_id_last(database: &Database) {
+    let store = open(database).await;
     let before = SystemTime::now();
     let commits = Commits::default();
     store.insert(product(1), commits.hook()).await.unwrap();
@@ -154,8 +155,9 @@ async fn events_carry_the_exact_json_with_the_id_last(store: &Store) {
     assert_eq!(store.events_after(0, 10).await.unwrap(), [event]);
 }
 
-async fn events_after_pages_in_id_order(store: &Store) {
-    let events = insert_apart(store, 1..=5).await;
+async fn events_after_pages_in_id_order(database: &Database) {
+    let store = open(database).await;
+    let events = insert_apart(&store, 1..=5).await;
     assert_eq!(ids(&events), [1, 2, 3, 4, 5]);
 
     assert_eq!(store.events_after(0, 2).await.unwrap(), events[0..2]);
@@ -167,12 +169,13 @@ async fn events_after_pages_in_id_order(store: &Store) {
     assert_eq!(store.events_after(0, usize::MAX).await.unwrap(), events);
 }
 
-async fn latest_events_seed_a_resume_history(store: &Store) {
+async fn latest_events_seed_a_resume_history(database: &Database) {
+    let store = open(database).await;
     assert_eq!(
         store.latest_events(10, UNIX_EPOCH).await.unwrap(),
         (0, vec![])
     );
-    let events = insert_apart(store, 1..=4).await;
+    let events = insert_apart(&store, 1..=4).await;
 
     assert_eq!(
         store.latest_events(2, UNIX_EPOCH).await.unwrap(),
@@ -198,8 +201,9 @@ async fn latest_events_seed_a_resume_history(store: &Store) {
     );
 }
 
-async fn pruning_never_lowers_the_counter(store: &Store) {
-    let events = insert_apart(store, 1..=5).await;
+async fn pruning_never_lowers_the_counter(database: &Database) {
+    let store = open(database).await;
+    let events = insert_apart(&store, 1..=5).await;
 
     // Beyond the newest 3.
     assert_eq!(store.prune_events(3, UNIX_EPOCH).await.unwrap(), 2);
@@ -222,12 +226,13 @@ async fn pruning_never_lowers_the_counter(store: &Store) {
         (5, vec![])
     );
 
-    let next = insert_apart(store, [6]).await;
+    let next = insert_apart(&store, [6]).await;
     assert_eq!(ids(&next), [6]);
     assert_eq!(store.events_after(0, 10).await.unwrap(), next);
 }
 
-async fn products_round_trip_exactly_and_list_in_insertion_order(store: &Store) {
+async fn products_round_trip_exactly_and_list_in_insertion_order(database: &Database) {
+    let store = open(database).await;
     // Ids in descending order, so only the insertion order explains the
     // listing's; prices that print with 17 digits.
     let products: Vec<Product> = (1..=5)
@@ -278,6 +283,70 @@ async fn products_round_trip_exactly_and_list_in_insertion_order(store: &Store) 
     assert_eq!((beyond.total, beyond.products.len()), (5, 0));
 }
 
-async fn ping_answers(store: &Store) {
+async fn ping_answers(database: &Database) {
+    let store = open(database).await;
     store.ping().await.unwrap();
+}
+
+async fn cuts_by_time_leave_no_hole_when_clocks_disagree(database: &Database) {
+    let store = open(database).await;
+    let events = insert_apart(&store, 1..=4).await;
+    // Event 3 came from a server whose clock was a minute behind.
+    backdate(
+        database,
+        3,
+        events[0].published_at - Duration::from_secs(60),
+    )
+    .await;
+
+    // Events 2 and 4 are newer than event 1, but the history cannot hold
+    // them without 3: it starts after 3.
+    assert_eq!(
+        store
+            .latest_events(10, events[0].published_at)
+            .await
+            .unwrap(),
+        (4, events[3..].to_vec())
+    );
+    // Events 1 and 3 are older than event 2, but 3 cannot go without 2.
+    assert_eq!(
+        store
+            .prune_events(10, events[1].published_at)
+            .await
+            .unwrap(),
+        1
+    );
+    let kept = store.events_after(0, 10).await.unwrap();
+    assert_eq!(ids(&kept), [2, 3, 4]);
+}
+
+/// Sets event `id`'s time in the database behind the store's back.
+async fn backdate(database: &Database, id: u64, published_at: SystemTime) {
+    let millis =
+        i64::try_from(published_at.duration_since(UNIX_EPOCH).unwrap().as_millis()).unwrap();
+    let id = i64::try_from(id).unwrap();
+    let updated = match database {
+        Database::File(path) => rusqlite::Connection::open(path)
+            .unwrap()
+            .execute(
+                "UPDATE events SET published_at = ?1 WHERE id = ?2",
+                (millis, id),
+            )
+            .unwrap() as u64,
+        Database::Postgres(url) => {
+            let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(connection);
+            client
+                .execute(
+                    "UPDATE events SET published_at = $1 WHERE id = $2",
+                    &[&millis, &id],
+                )
+                .await
+                .unwrap()
+        }
+        Database::Memory => unreachable!("the checks run on a file"),
+    };
+    assert_eq!(updated, 1);
 }

@@ -25,6 +25,11 @@
 //! sees N + 2 knows that N + 1 is committed (or is committing). Pruning
 //! deletes events but never the counter, so ids never repeat or go back.
 //!
+//! Event times come from the clock of the Ocha server that committed each
+//! event, so with several servers they may not rise with the ids. The
+//! operations that select by time therefore cut the log at one id, never
+//! leaving a hole that a reader would take for an event still committing.
+//!
 //! The database, not a racy read-then-write, decides conflicts: `slug` and
 //! `name` are unique in both schemas.
 
@@ -126,8 +131,9 @@ pub struct StoredEvent {
     /// The whole event JSON, its `"id"` field included, e.g.
     /// `{"type":"new_product","product":{...},"id":"42"}`.
     pub json: String,
-    /// When it was committed (millisecond precision), by the clock of the
-    /// server that committed it.
+    /// When it was committed (millisecond precision): stamped in the
+    /// transaction, just before the commit, by the clock of the Ocha server
+    /// that committed it.
     pub published_at: SystemTime,
 }
 
@@ -234,6 +240,10 @@ impl Store {
     /// The last id ever assigned (0 if none) and the kept events newer than
     /// `newer_than`, at most the newest `count`, ascending, as of one
     /// moment. Used to seed the in-memory resume history at start.
+    ///
+    /// The events are consecutive: those after the last one published at
+    /// or before `newer_than`, so that one stamped by a clock that was
+    /// behind does not split them.
     pub async fn latest_events(
         &self,
         count: usize,
@@ -248,6 +258,10 @@ impl Store {
     /// Deletes the events beyond the newest `keep` and those published
     /// before `older_than`; returns how many. Never lowers the counter: the
     /// next event gets the next id even when every event was deleted.
+    ///
+    /// Only ever deletes the oldest events: by time, those before the first
+    /// one published at or after `older_than`, so that what remains has no
+    /// hole even where clocks disagree.
     pub async fn prune_events(
         &self,
         keep: usize,

@@ -306,7 +306,10 @@ impl Postgres {
         let rows = transaction
             .query(
                 "SELECT id, json, published_at FROM (\
-                     SELECT id, json, published_at FROM events WHERE published_at > $1 \
+                     SELECT id, json, published_at FROM events \
+                     WHERE id > (\
+                         SELECT COALESCE(MAX(id), 0) FROM events WHERE published_at <= $1\
+                     ) \
                      ORDER BY id DESC LIMIT $2\
                  ) AS newest ORDER BY id",
                 &[&millis(newer_than), &sql_int(count)],
@@ -325,11 +328,16 @@ impl Postgres {
     ) -> Result<u64, StoreError> {
         let client = self.pool.get().await?;
         // Ids are gapless, so the newest `keep` are those within `keep` of
-        // the last committed id.
+        // the last committed id. With no event as recent as `older_than`,
+        // every one goes.
         let deleted = client
             .execute(
                 "DELETE FROM events \
-                 WHERE id <= (SELECT last_id FROM event_counter) - $1 OR published_at < $2",
+                 WHERE id <= (SELECT last_id FROM event_counter) - $1 \
+                    OR id < (\
+                        SELECT COALESCE(MIN(id), (SELECT last_id + 1 FROM event_counter)) \
+                        FROM events WHERE published_at >= $2\
+                    )",
                 &[&sql_int(keep), &millis(older_than)],
             )
             .await?;

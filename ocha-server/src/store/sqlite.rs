@@ -258,7 +258,10 @@ impl Sqlite {
             let events = transaction
                 .prepare(
                     "SELECT id, json, published_at FROM (\
-                         SELECT id, json, published_at FROM events WHERE published_at > ?1 \
+                         SELECT id, json, published_at FROM events \
+                         WHERE id > (\
+                             SELECT COALESCE(MAX(id), 0) FROM events WHERE published_at <= ?1\
+                         ) \
                          ORDER BY id DESC LIMIT ?2\
                      ) ORDER BY id",
                 )?
@@ -279,10 +282,15 @@ impl Sqlite {
         let (keep, older_than) = (sql_int(keep), millis(older_than));
         self.call(move |connection| {
             // Ids are gapless, so the newest `keep` are those within `keep`
-            // of the last id.
+            // of the last id. With no event as recent as `older_than`,
+            // every one goes.
             let deleted = connection.execute(
                 "DELETE FROM events \
-                 WHERE id <= (SELECT last_id FROM event_counter) - ?1 OR published_at < ?2",
+                 WHERE id <= (SELECT last_id FROM event_counter) - ?1 \
+                    OR id < (\
+                        SELECT COALESCE(MIN(id), (SELECT last_id + 1 FROM event_counter)) \
+                        FROM events WHERE published_at >= ?2\
+                    )",
                 [keep, older_than],
             )?;
             Ok(deleted as u64)
