@@ -70,9 +70,12 @@ const COLUMNS: &str = "id, slug, name, category, description, base_price_chf, is
 /// `max_connections` (100 by default).
 const POOL_SIZE: usize = 10;
 
-/// How long an operation waits for a free connection, and for a new one to
-/// be made, before it fails as unavailable rather than hang.
+/// How long an operation waits for a free connection before it fails as
+/// unavailable, rather than queue for as long as the database is slow.
 const POOL_WAIT: Duration = Duration::from_secs(5);
+
+/// How long making a connection (and logging in) may take before an
+/// operation fails as unavailable, rather than hang on an unreachable host.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl From<tokio_postgres::Error> for StoreError {
@@ -150,12 +153,8 @@ impl Postgres {
     /// Connects to the database at `url` and creates or completes the
     /// schema.
     pub(super) async fn open(url: &str) -> Result<Postgres, StoreError> {
-        let mut config: tokio_postgres::Config = url.parse()?;
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(CONNECT_TIMEOUT);
-        }
         let manager = Manager::from_config(
-            config,
+            url.parse()?,
             NoTls,
             // A connection is checked only for having been closed: a
             // round trip before every operation would double the cheap
@@ -170,7 +169,6 @@ impl Postgres {
             .runtime(Runtime::Tokio1)
             .wait_timeout(Some(POOL_WAIT))
             .create_timeout(Some(CONNECT_TIMEOUT))
-            .recycle_timeout(Some(CONNECT_TIMEOUT))
             .build()
             .expect("a pool with a runtime for its timeouts builds");
 
@@ -183,7 +181,6 @@ impl Postgres {
             .await?;
         transaction.batch_execute(SCHEMA).await?;
         transaction.commit().await?;
-        drop(client);
         Ok(Postgres { pool })
     }
 
