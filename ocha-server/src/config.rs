@@ -1,25 +1,30 @@
 //! Configuration from the environment.
 //!
-//! | variable               | default          | meaning                                    |
-//! |------------------------|------------------|--------------------------------------------|
-//! | `PORT`                 | `5001`           | TCP port for HTTP and WebSocket            |
-//! | `HOST`                 | `0.0.0.0`        | IP address to listen on                    |
-//! | `DATABASE_URL`         | `sqlite:ocha.db` | `sqlite:<path>` or `sqlite::memory:`       |
-//! | `JWT_SECRET`           | random per run   | HS256 secret shared with the token issuer  |
-//! | `WS_HEARTBEAT_SECS`    | `30`             | ping period, 1 to 3600 seconds             |
-//! | `WS_OUTBOUND_CAPACITY` | `256`            | messages queued per client before 4008     |
-//! | `WS_SEND_BUFFER_BYTES` | `32768`          | kernel send buffer per socket, or `os`     |
-//! | `WS_MAX_CONNECTIONS`   | unlimited        | open WebSockets; upgrades past it get 503  |
-//! | `WS_MAX_MESSAGE_BYTES` | `65536`          | largest client message; larger gets 1009   |
-//! | `WS_ALLOWED_ORIGINS`   | every origin     | comma-separated exact `Origin` allow-list  |
-//! | `EVENT_HISTORY`        | `1000`           | events kept for resuming clients (0: none) |
-//! | `EVENT_HISTORY_SECS`   | `86400`          | how long an event is kept, in seconds      |
-//! | `REDIS_URL`            | none (one node)  | `redis://HOST:PORT`: share events by Redis |
-//! | `EVENT_POLL_MS`        | `1000`           | how often the event log is read for events |
-//! |                        |                  | nobody announced (from a node that died)   |
+//! | variable               | default          | meaning                                                      |
+//! |------------------------|------------------|--------------------------------------------------------------|
+//! | `PORT`                 | `5001`           | TCP port for HTTP and WebSocket                              |
+//! | `HOST`                 | `0.0.0.0`        | IP address to listen on                                      |
+//! | `DATABASE_URL`         | `sqlite:ocha.db` | `sqlite:<path>`, `sqlite::memory:` or `postgres://…` (below) |
+//! | `JWT_SECRET`           | random per run   | HS256 secret shared with the token issuer                    |
+//! | `WS_HEARTBEAT_SECS`    | `30`             | ping period, 1 to 3600 seconds                               |
+//! | `WS_OUTBOUND_CAPACITY` | `256`            | messages queued per client before 4008                       |
+//! | `WS_SEND_BUFFER_BYTES` | `32768`          | kernel send buffer per socket, or `os`                       |
+//! | `WS_MAX_CONNECTIONS`   | unlimited        | open WebSockets; upgrades past it get 503                    |
+//! | `WS_MAX_MESSAGE_BYTES` | `65536`          | largest client message; larger gets 1009                     |
+//! | `WS_ALLOWED_ORIGINS`   | every origin     | comma-separated exact `Origin` allow-list                    |
+//! | `EVENT_HISTORY`        | `1000`           | events kept for resuming clients (0: none)                   |
+//! | `EVENT_HISTORY_SECS`   | `86400`          | how long an event is kept, in seconds                        |
+//! | `REDIS_URL`            | none (one node)  | `redis://HOST:PORT`: nodes share events through Redis        |
+//! | `EVENT_POLL_MS`        | `1000`           | how often the event log is read for events nobody announced  |
 //!
 //! The `WS_*` variables tune the [`ocha_realtime::Hub`]; see
 //! [`ocha_realtime::Config`] for what each setting does.
+//!
+//! `DATABASE_URL` names SQLite, embedded and private to this server, or a
+//! Postgres server that several servers can share:
+//! `postgres://user:password@host:port/database` (also `postgresql://`,
+//! with libpq's URL parameters such as `connect_timeout`; TLS is not
+//! supported, so `sslmode=require` fails to connect).
 //!
 //! An empty variable counts as unset, as in most shells' `VAR= cmd`.
 
@@ -43,18 +48,31 @@ pub const DEFAULT_DATABASE_URL: &str = "sqlite:ocha.db";
 pub const MAX_HEARTBEAT_SECS: u64 = 3600;
 
 /// Where products are stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// `Debug` and `Display` mask a Postgres password, so either can be logged.
+#[derive(Clone, PartialEq, Eq)]
 pub enum Database {
-    /// A private in-memory database, gone when the server stops.
+    /// A private in-memory SQLite database, gone when the server stops.
     Memory,
-    /// A database file, created if missing.
+    /// A SQLite database file, created if missing.
     File(PathBuf),
+    /// A Postgres server, as a `postgres://` or `postgresql://` URL (in
+    /// libpq's syntax, which `tokio_postgres::Config` parses). Several
+    /// servers may share it.
+    Postgres(String),
 }
 
 impl Database {
-    /// Parses `sqlite:<path>`, `sqlite://<path>` or `sqlite::memory:`.
+    /// Parses `sqlite:<path>`, `sqlite://<path>`, `sqlite::memory:`, or
+    /// `postgres://user:password@host:port/db` (also `postgresql://`).
     pub fn from_url(url: &str) -> Result<Database, ConfigError> {
-        let bad = || ConfigError::DatabaseUrl(url.to_owned());
+        let bad = || ConfigError::DatabaseUrl(redacted(url));
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            // Checked now, so that a typo stops the server at start with
+            // this message rather than at the first connection.
+            url.parse::<tokio_postgres::Config>().map_err(|_| bad())?;
+            return Ok(Database::Postgres(url.to_owned()));
+        }
         let rest = url.strip_prefix("sqlite:").ok_or_else(bad)?;
         let path = rest.strip_prefix("//").unwrap_or(rest);
         match path {
@@ -70,8 +88,57 @@ impl fmt::Display for Database {
         match self {
             Database::Memory => f.write_str("sqlite::memory:"),
             Database::File(path) => write!(f, "sqlite:{}", path.display()),
+            Database::Postgres(url) => f.write_str(&redacted(url)),
         }
     }
+}
+
+impl fmt::Debug for Database {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Database::Memory => f.write_str("Memory"),
+            Database::File(path) => f.debug_tuple("File").field(path).finish(),
+            Database::Postgres(url) => f.debug_tuple("Postgres").field(&redacted(url)).finish(),
+        }
+    }
+}
+
+/// `url` with any password replaced by `***`: the one in the credentials
+/// and a `password` parameter. The credentials end at the first `@`, where
+/// `tokio_postgres` ends them too, so what it would send as the password is
+/// what is masked.
+fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (credentials, rest) = match rest.split_once('@') {
+        Some((credentials, rest)) => (Some(credentials), rest),
+        None => (None, rest),
+    };
+    let mut masked = format!("{scheme}://");
+    if let Some(credentials) = credentials {
+        match credentials.split_once(':') {
+            Some((user, _)) => masked.push_str(&format!("{user}:***@")),
+            None => masked.push_str(&format!("{credentials}@")),
+        }
+    }
+    let (location, query) = match rest.split_once('?') {
+        Some((location, query)) => (location, Some(query)),
+        None => (rest, None),
+    };
+    masked.push_str(location);
+    if let Some(query) = query {
+        let parameters: Vec<_> = query
+            .split('&')
+            .map(|parameter| match parameter.split_once('=') {
+                Some(("password", _)) => "password=***",
+                _ => parameter,
+            })
+            .collect();
+        masked.push('?');
+        masked.push_str(&parameters.join("&"));
+    }
+    masked
 }
 
 /// A configuration value that cannot be used.
@@ -86,8 +153,12 @@ pub enum ConfigError {
     /// `HOST` is not an IP address.
     #[error("HOST must be an IP address such as 0.0.0.0, 127.0.0.1 or ::, got {0:?}")]
     Host(String),
-    /// `DATABASE_URL` is not a SQLite URL.
-    #[error("DATABASE_URL must be sqlite:<path> or sqlite::memory:, got {0:?}")]
+    /// `DATABASE_URL` is neither a SQLite nor a Postgres URL; holds it,
+    /// password masked.
+    #[error(
+        "DATABASE_URL must be sqlite:<path>, sqlite::memory: or \
+         postgres://user:password@host:port/database, got {0:?}"
+    )]
     DatabaseUrl(String),
     /// `WS_HEARTBEAT_SECS` is not a number of seconds in range.
     #[error("WS_HEARTBEAT_SECS must be a whole number of seconds from 1 to {MAX_HEARTBEAT_SECS}, got {0:?}")]
@@ -360,6 +431,12 @@ mod tests {
         })
     }
 
+    fn config_error(database_url: &str) -> String {
+        config(&[("DATABASE_URL", database_url)])
+            .unwrap_err()
+            .to_string()
+    }
+
     #[test]
     fn defaults() {
         let config = config(&[]).unwrap();
@@ -411,12 +488,12 @@ mod tests {
                 ConfigError::RedisUrl("redis://".into()),
             ),
         ] {
-            assert_eq!(config_error(name, bad), error, "{name}={bad}");
+            assert_eq!(
+                self::config(&[(name, bad)]).err(),
+                Some(error),
+                "{name}={bad}"
+            );
         }
-    }
-
-    fn config_error(name: &str, value: &str) -> ConfigError {
-        config(&[(name, value)]).unwrap_err()
     }
 
     #[test]
@@ -509,8 +586,20 @@ mod tests {
             Database::from_url("sqlite://x.db"),
             Ok(Database::File("x.db".into()))
         );
+        for postgres in [
+            "postgres://ocha:s3cret@db.example:5433/products",
+            "postgresql://ocha@localhost/ocha",
+            "postgres://localhost",
+        ] {
+            assert_eq!(
+                Database::from_url(postgres),
+                Ok(Database::Postgres(postgres.into()))
+            );
+        }
         for bad in [
-            "postgres://localhost/ocha",
+            "mysql://localhost/ocha",
+            "postgres://host:port/ocha",
+            "postgres://localhost/ocha?sslmode=sometimes",
             "sqlite:",
             "sqlite://",
             "ocha.db",
@@ -522,6 +611,39 @@ mod tests {
         }
         assert_eq!(Database::Memory.to_string(), "sqlite::memory:");
         assert_eq!(Database::File("x.db".into()).to_string(), "sqlite:x.db");
+    }
+
+    #[test]
+    fn never_shows_a_postgres_password() {
+        let database =
+            Database::from_url("postgres://ocha:s3cret@db.example:5433/products").unwrap();
+        assert_eq!(
+            database.to_string(),
+            "postgres://ocha:***@db.example:5433/products"
+        );
+        assert_eq!(
+            format!("{database:?}"),
+            r#"Postgres("postgres://ocha:***@db.example:5433/products")"#
+        );
+        let config = config(&[(
+            "DATABASE_URL",
+            "postgresql://ocha@db.example/products?password=s3cret&connect_timeout=5",
+        )])
+        .unwrap();
+        assert_eq!(
+            config.database.to_string(),
+            "postgresql://ocha@db.example/products?password=***&connect_timeout=5"
+        );
+        assert!(!format!("{config:?}").contains("s3cret"));
+        // Nor does the error for a URL that does not parse.
+        let error = config_error("postgres://ocha:s3cret@db.example:port/products");
+        assert!(!error.contains("s3cret"), "{error}");
+        assert_eq!(
+            error,
+            "DATABASE_URL must be sqlite:<path>, sqlite::memory: or \
+             postgres://user:password@host:port/database, \
+             got \"postgres://ocha:***@db.example:port/products\""
+        );
     }
 
     #[test]

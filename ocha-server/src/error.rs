@@ -67,6 +67,10 @@ pub enum ApiError {
     /// 500: the database failed; the cause is logged, not sent.
     #[error("Internal server error")]
     Internal,
+    /// 503: the database cannot be reached for now; the cause is logged,
+    /// not sent.
+    #[error("Service unavailable")]
+    Unavailable,
 }
 
 #[derive(Serialize)]
@@ -93,6 +97,7 @@ impl ApiError {
             ApiError::ProductNotFound | ApiError::RouteNotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -150,8 +155,12 @@ impl From<StoreError> for ApiError {
         match error {
             StoreError::SlugTaken => ApiError::SlugTaken,
             StoreError::NameTaken => ApiError::NameTaken,
+            // The client gets a bare 503 or 500; operators get the cause.
+            other if other.is_unavailable() => {
+                tracing::warn!(error = %other, "database unavailable");
+                ApiError::Unavailable
+            }
             other => {
-                // The client gets a bare 500; operators get the cause.
                 tracing::error!(error = %other, "database failure");
                 ApiError::Internal
             }
@@ -162,6 +171,7 @@ impl From<StoreError> for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use deadpool_postgres::TimeoutType;
     use http_body_util::BodyExt;
 
     async fn parts(error: ApiError) -> (StatusCode, String, Option<String>) {
@@ -234,6 +244,11 @@ mod tests {
                 500,
                 r#"{"message":"Internal server error"}"#,
             ),
+            (
+                ApiError::Unavailable,
+                503,
+                r#"{"message":"Service unavailable"}"#,
+            ),
         ];
         for (error, status, body) in cases {
             let (actual_status, actual_body, allow) = parts(error).await;
@@ -265,5 +280,10 @@ mod tests {
         assert_eq!(ApiError::from(StoreError::NameTaken), ApiError::NameTaken);
         assert_eq!(ApiError::from(StoreError::Closed), ApiError::Internal);
         assert_eq!(ApiError::from(StoreError::Panicked), ApiError::Internal);
+        let no_connection = deadpool_postgres::PoolError::Timeout(TimeoutType::Wait);
+        assert_eq!(
+            ApiError::from(StoreError::Pool(no_connection)),
+            ApiError::Unavailable
+        );
     }
 }

@@ -30,6 +30,31 @@ pub enum Event {
     },
 }
 
+/// An event with its position in the event log, as clients receive it: the
+/// event's fields, then the id as a string, last.
+///
+/// The id is a string because JavaScript numbers lose integers past 2^53,
+/// and last so that the event's own bytes stay those of the Ocha API, with
+/// one field appended that its clients ignore:
+///
+/// ```
+/// # use ocha_server::event::{Event, Numbered, Product};
+/// # fn show(product: Product) {
+/// let event = Event::NewProduct { product };
+/// let json = serde_json::to_string(&Numbered { event: &event, id: "42".into() }).unwrap();
+/// assert!(json.starts_with(r#"{"type":"new_product","product":{"_id":"#));
+/// assert!(json.ends_with(r#"},"id":"42"}"#));
+/// # }
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Numbered<'a> {
+    /// The event, whose fields come first.
+    #[serde(flatten)]
+    pub event: &'a Event,
+    /// The event's id in the log, in decimal.
+    pub id: String,
+}
+
 /// A product document, with the Ocha API's field names in its order.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Product {
@@ -130,6 +155,23 @@ mod tests {
         );
         let back: Event = serde_json::from_str(&json).unwrap();
         assert_eq!(back, Event::NewProduct { product: product() });
+    }
+
+    #[test]
+    fn a_numbered_event_carries_its_id_last_as_a_string() {
+        let event = Event::NewProduct { product: product() };
+        let json = serde_json::to_string(&Numbered {
+            event: &event,
+            id: "42".into(),
+        })
+        .unwrap();
+        assert_eq!(
+            json,
+            r#"{"type":"new_product","product":{"_id":"65f1c0de0123456789abcdef","slug":"matcha-latte","name":"Matcha Latte","category":"tea","description":"Ceremonial matcha","basePriceCHF":6.5,"isActive":true,"image":"/img/matcha.png","size":["S","M","L"],"extra_chf":{"S":0,"M":2,"L":3},"createdAt":"2026-11-27T17:48:28.123Z","updatedAt":"2026-11-27T17:48:28.123Z"},"id":"42"}"#
+        );
+        // Clients that know only the Ocha API's events still read it.
+        let back: Event = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, event);
     }
 
     #[test]

@@ -56,7 +56,8 @@ pub async fn start(
     let kept = events.len();
     hub.restore_history(EventId::new(last), events.into_iter().map(history_entry));
     tracing::info!(last_event_id = last, kept, "event history restored");
-    let mut relay = Relay::builder(hub.clone(), store.clone()).poll_interval(settings.poll_interval);
+    let mut relay =
+        Relay::builder(hub.clone(), store.clone()).poll_interval(settings.poll_interval);
     if let Some(url) = &settings.redis_url {
         relay = relay.redis(url, REDIS_CHANNEL).map_err(StartError::Redis)?;
     }

@@ -1,8 +1,9 @@
 //! The thin Ocha server: WebSocket push and the Ocha product API on one
-//! port, admin JWT, embedded SQLite. It embeds [`ocha_realtime`]: a
-//! WebSocket upgrade on `/` joins the hub, and every product created through
-//! `POST /api/v1/products` is committed, then broadcast to every client as
-//! `{"type":"new_product","product":{...}}`.
+//! port, admin JWT, embedded SQLite or a shared Postgres. It embeds
+//! [`ocha_realtime`]: a WebSocket upgrade on `/` joins the hub, and every
+//! product created through `POST /api/v1/products` is committed with its
+//! event, then broadcast to every client as
+//! `{"type":"new_product","product":{...},"id":"1"}`.
 //!
 //! # Modules
 //!
@@ -16,7 +17,8 @@
 //!   or many (over Redis): resume history, ids, catch-up.
 //! - [`product`]: product validation and documents.
 //! - [`listing`]: listing query parameters and paging.
-//! - [`store`]: SQLite storage on a dedicated thread.
+//! - [`store`]: products and the event log, in SQLite (on a dedicated
+//!   thread) or Postgres (through a pool).
 //! - [`auth`]: HS256 JWT issue, verification and the admin check.
 //! - [`object_id`]: MongoDB-style product ids.
 //! - [`config`]: configuration from the environment.

@@ -144,8 +144,13 @@ async fn bad_configuration_fails_with_a_clear_message() {
         (vec![("PORT", "65536")], "PORT must be a port number"),
         (vec![("HOST", "example.com")], "HOST must be an IP address"),
         (
-            vec![("DATABASE_URL", "postgres://db/ocha")],
-            "DATABASE_URL must be sqlite:<path> or sqlite::memory:",
+            vec![("DATABASE_URL", "mysql://db/ocha")],
+            "DATABASE_URL must be sqlite:<path>, sqlite::memory: or postgres://",
+        ),
+        (
+            // Nothing listens on port 1.
+            vec![("DATABASE_URL", "postgres://ocha:s3cret@127.0.0.1:1/ocha")],
+            "cannot open the database: Postgres: error connecting to server: Connection refused",
         ),
         (
             vec![("DATABASE_URL", missing_dir.as_str())],
@@ -169,6 +174,7 @@ async fn bad_configuration_fails_with_a_clear_message() {
         let stderr = String::from_utf8(output.stderr).unwrap();
         assert_eq!(output.status.code(), Some(1), "{vars:?}: {stderr}");
         assert!(stderr.contains(message), "{vars:?}: {stderr}");
+        assert!(!stderr.contains("s3cret"), "{vars:?}: {stderr}");
     }
 }
 

@@ -21,10 +21,11 @@ use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::WebSocketStream;
 
-/// The frame every client must receive for a product created with `created`.
-fn expected_frame(created: &Reply) -> String {
+/// The frame every client must receive for a product created with
+/// `created`, the `id`th event in the log.
+fn expected_frame(created: &Reply, id: u64) -> String {
     format!(
-        r#"{{"type":"new_product","product":{}}}"#,
+        r#"{{"type":"new_product","product":{},"id":"{id}"}}"#,
         raw_product(created)
     )
 }
@@ -45,10 +46,13 @@ async fn a_new_product_reaches_every_client_exactly_once() {
     for client in &mut clients {
         let frame = next_text(client).await;
         // The same bytes as the 201 body's product...
-        assert_eq!(frame, expected_frame(&created));
+        assert_eq!(frame, expected_frame(&created, 1));
         // ...which parse to the same document and to the library's event type.
         let parsed: Value = serde_json::from_str(&frame).unwrap();
-        assert_eq!(parsed, json!({"type": "new_product", "product": product}));
+        assert_eq!(
+            parsed,
+            json!({"type": "new_product", "product": product, "id": "1"})
+        );
         let Event::NewProduct { product: typed } = serde_json::from_str(&frame).unwrap() else {
             panic!("not a new_product event");
         };
@@ -115,9 +119,10 @@ async fn failed_requests_broadcast_nothing() {
     get(addr, "/api/v1/nothing").await;
     send(addr, Method::DELETE, "/api/v1/products", Some(&admin), "").await;
 
+    // The failures took no event id either.
     let created = create(&server, 2).await;
     for client in &mut clients {
-        assert_eq!(next_text(client).await, expected_frame(&created));
+        assert_eq!(next_text(client).await, expected_frame(&created, 2));
     }
     join_all(clients.iter_mut().map(assert_quiet)).await;
     drop(clients);
@@ -358,8 +363,8 @@ async fn a_stalled_broadcast_does_not_hold_up_the_store() {
     tokio::spawn(connection);
     let mut client = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
     assert_eq!(next_text(&mut client).await, ocha_realtime::OCHA_WELCOME);
-    assert_eq!(next_text(&mut client).await, expected_frame(&first));
-    assert_eq!(next_text(&mut client).await, expected_frame(&second));
+    assert_eq!(next_text(&mut client).await, expected_frame(&first, 1));
+    assert_eq!(next_text(&mut client).await, expected_frame(&second, 2));
     assert_quiet(&mut client).await;
 
     drop(client);

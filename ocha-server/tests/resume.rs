@@ -56,7 +56,10 @@ async fn a_client_whose_socket_died_resumes_with_exactly_what_it_missed() {
     assert_eq!(next_text(&mut ws).await, seen[2]);
     create_on(addr, 4).await;
     let live = next_text(&mut ws).await;
-    assert_eq!((event_id(&live), event_product_name(&live)), (4, "Matcha Latte 4".into()));
+    assert_eq!(
+        (event_id(&live), event_product_name(&live)),
+        (4, "Matcha Latte 4".into())
+    );
     assert_quiet(&mut ws).await;
     stop_binary(&mut server).await;
 }
@@ -76,7 +79,11 @@ async fn clients_resume_across_a_server_restart_and_ids_carry_on() {
     let (mut server, addr) = start_binary(&dir).await;
     let (mut ws, welcome) = ws_resume(addr, "1").await;
     assert_eq!(welcome, welcome_at(2));
-    assert_eq!(next_text(&mut ws).await, second, "the same bytes as before the restart");
+    assert_eq!(
+        next_text(&mut ws).await,
+        second,
+        "the same bytes as before the restart"
+    );
     create_on(addr, 3).await;
     assert_eq!(event_id(&next_text(&mut ws).await), 3);
     assert_quiet(&mut ws).await;

@@ -1,6 +1,6 @@
 //! Helpers for the end-to-end tests: a server on a port the system picks,
-//! an HTTP client, WebSocket clients, the real binary and temporary
-//! directories.
+//! an HTTP client, WebSocket clients, the real binary, temporary
+//! directories, and Postgres and Redis servers of the tests' own.
 
 // Each test crate compiles this module and uses only part of it.
 #![allow(dead_code)]
@@ -30,7 +30,10 @@ use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+pub mod daemon;
 pub mod docs_client;
+pub mod postgres;
+pub mod redis;
 
 /// The secret every test server and test token shares.
 pub const SECRET: &str = "end-to-end-secret";
@@ -80,9 +83,16 @@ impl TestServer {
     /// A server whose WebSocket clients join `hub`, for tests that also
     /// attach connections to the hub directly.
     pub async fn with_hub(database: &Path, hub: Hub) -> TestServer {
-        let store = Store::open(&Database::File(database.to_owned()))
-            .await
-            .expect("open the database");
+        TestServer::serving(&Database::File(database.to_owned()), hub).await
+    }
+
+    /// A server on `database`, such as a Postgres one.
+    pub async fn with_database(database: &Database) -> TestServer {
+        TestServer::serving(database, Hub::default()).await
+    }
+
+    async fn serving(database: &Database, hub: Hub) -> TestServer {
+        let store = Store::open(database).await.expect("open the database");
         let keys = Keys::from_secret(SECRET.as_bytes());
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().unwrap();

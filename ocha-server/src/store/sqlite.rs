@@ -1,4 +1,4 @@
-//! Product storage in SQLite.
+//! The SQLite backend.
 //!
 //! One dedicated thread owns the connection and runs jobs sent over a
 //! bounded channel, so blocking SQLite calls never run on the async workers,
@@ -7,23 +7,27 @@
 //! product survives a crash or restart. A job that panics fails alone: what
 //! it had not committed is rolled back and the thread serves the next job.
 //!
-//! `slug` and `name` are unique in the schema, so the database (not a racy
-//! read-then-write) decides conflicts. `size` and `extra_chf` are stored as
-//! JSON text; listing follows insertion order (the rowid).
+//! `size` and `extra_chf` are stored as JSON text; listing follows insertion
+//! order (the rowid). Event times are milliseconds since the Unix epoch.
 
-use std::any::Any;
 use std::panic::{self, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
 use std::thread;
+use std::time::SystemTime;
 
-use crate::event::Product;
 use rusqlite::types::Type;
 use rusqlite::{ffi, params, Connection, OptionalExtension, Row};
 use serde::de::DeserializeOwned;
-use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::config::Database;
+use super::{
+    from_millis, millis, new_product_event, panic_message, sql_int, Activity, Page, StoreError,
+    StoredEvent,
+};
+use crate::event::Product;
 
+/// The schema, created or completed at every start: a database from before
+/// the event log gets its tables, and its ids start at 1.
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS products (
     seq            INTEGER PRIMARY KEY,
@@ -41,37 +45,20 @@ CREATE TABLE IF NOT EXISTS products (
     updated_at     TEXT    NOT NULL
 );
 CREATE INDEX IF NOT EXISTS products_by_activity ON products (is_active, seq);
+CREATE TABLE IF NOT EXISTS events (
+    id           INTEGER PRIMARY KEY CHECK (id > 0),
+    json         TEXT    NOT NULL,
+    published_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS event_counter (
+    singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
+    last_id   INTEGER NOT NULL CHECK (last_id >= 0)
+);
+INSERT OR IGNORE INTO event_counter (singleton, last_id) VALUES (1, 0);
 ";
 
 const COLUMNS: &str = "id, slug, name, category, description, base_price_chf, is_active, \
                        image, size, extra_chf, created_at, updated_at";
-
-/// A failed storage operation.
-#[derive(Debug, Error)]
-pub enum StoreError {
-    /// Another product has this slug.
-    #[error("slug already in use")]
-    SlugTaken,
-    /// Another product has this name.
-    #[error("name already in use")]
-    NameTaken,
-    /// A file database could not be switched to write-ahead logging.
-    #[error("could not enable WAL mode: the database stayed in {0:?} mode")]
-    NoWal(String),
-    /// Any other SQLite failure.
-    #[error("SQLite: {0}")]
-    Sqlite(#[source] rusqlite::Error),
-    /// The database thread could not be started.
-    #[error("could not start the database thread: {0}")]
-    Thread(#[source] std::io::Error),
-    /// The operation panicked (a bug): what it had not committed was rolled
-    /// back, and the store keeps serving.
-    #[error("the database operation panicked")]
-    Panicked,
-    /// The database thread is gone (it panicked while opening).
-    #[error("the database thread stopped")]
-    Closed,
-}
 
 impl From<rusqlite::Error> for StoreError {
     fn from(error: rusqlite::Error) -> StoreError {
@@ -90,24 +77,6 @@ impl From<rusqlite::Error> for StoreError {
     }
 }
 
-/// Which products a listing includes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Activity {
-    /// Every product.
-    Any,
-    /// Only products whose `isActive` equals the flag.
-    Only(bool),
-}
-
-/// One page of a listing.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Page {
-    /// The products on the page, in insertion order.
-    pub products: Vec<Product>,
-    /// How many products match, over all pages.
-    pub total: u64,
-}
-
 /// Jobs waiting for the database thread. When it falls this far behind,
 /// callers wait for room (each in its own request) instead of growing the
 /// queue without limit. A job is one indexed query or insert, well under a
@@ -120,21 +89,21 @@ type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 /// A handle to the database thread. Cloning is cheap; the thread and its
 /// connection close when the last handle is dropped.
 #[derive(Debug, Clone)]
-pub struct Store {
+pub(super) struct Sqlite {
     jobs: mpsc::Sender<Job>,
 }
 
-impl Store {
-    /// Opens (creating if needed) the database, switches a file database to
-    /// WAL mode and creates the schema.
-    pub async fn open(database: &Database) -> Result<Store, StoreError> {
+impl Sqlite {
+    /// Opens (creating if needed) the database file at `path`, or a private
+    /// in-memory database for `None`, switches a file to WAL mode and
+    /// creates the schema.
+    pub(super) async fn open(path: Option<PathBuf>) -> Result<Sqlite, StoreError> {
         let (jobs, mut queue) = mpsc::channel::<Job>(JOB_QUEUE);
         let (opened, on_open) = oneshot::channel();
-        let database = database.clone();
         thread::Builder::new()
             .name("ocha-sqlite".into())
             .spawn(move || {
-                let mut connection = match connect(&database) {
+                let mut connection = match connect(path.as_deref()) {
                     Ok(connection) => connection,
                     Err(error) => {
                         let _ = opened.send(Err(error));
@@ -149,26 +118,22 @@ impl Store {
             })
             .map_err(StoreError::Thread)?;
         on_open.await.map_err(|_| StoreError::Closed)??;
-        Ok(Store { jobs })
+        Ok(Sqlite { jobs })
     }
 
-    /// Inserts a product and returns it once committed.
-    ///
-    /// `on_commit` runs on the database thread right after the commit: it
-    /// runs even if the caller stops waiting once the insert is queued (one
-    /// dropped before that commits nothing), once per committed product and
-    /// in commit order. Every other job waits for it, so it should hand the
-    /// product off (for example to a bounded queue) rather than do slow work.
-    ///
-    /// When both the slug and the name are taken, reports the slug: the API
-    /// contract lists that conflict first, and SQLite alone would name
-    /// either.
-    pub async fn insert<F>(&self, product: Product, on_commit: F) -> Result<Product, StoreError>
+    /// [`Store::insert`](super::Store::insert): `on_commit` runs on this
+    /// thread, so in commit order, while every other job waits.
+    pub(super) async fn insert<F>(
+        &self,
+        product: Product,
+        on_commit: F,
+    ) -> Result<Product, StoreError>
     where
-        F: FnOnce(&Product) + Send + 'static,
+        F: FnOnce(&StoredEvent) + Send + 'static,
     {
         self.call(move |connection| {
-            let inserted = connection.execute(
+            let transaction = connection.transaction()?;
+            let inserted = transaction.execute(
                 &format!(
                     "INSERT INTO products ({COLUMNS}) \
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
@@ -189,31 +154,40 @@ impl Store {
                 ],
             );
             match inserted.map_err(StoreError::from) {
-                Ok(_) => {
-                    on_commit(&product);
-                    Ok(product)
-                }
+                Ok(_) => {}
                 // SQLite names only one violated index, in no documented order.
-                Err(StoreError::NameTaken) if slug_exists(connection, &product.slug)? => {
-                    Err(StoreError::SlugTaken)
+                Err(StoreError::NameTaken) if slug_exists(&transaction, &product.slug)? => {
+                    return Err(StoreError::SlugTaken);
                 }
-                Err(error) => Err(error),
+                Err(error) => return Err(error),
             }
+            // Only now that the product is in: a conflict takes no id.
+            let id = transaction.query_row(
+                "UPDATE event_counter SET last_id = last_id + 1 RETURNING last_id",
+                [],
+                |row| row.get(0),
+            )?;
+            let event = new_product_event(&product, id);
+            transaction.execute(
+                "INSERT INTO events (id, json, published_at) VALUES (?1, ?2, ?3)",
+                params![event.id, event.json, millis(event.published_at)],
+            )?;
+            transaction.commit()?;
+            on_commit(&event);
+            Ok(product)
         })
         .await
     }
 
-    /// Returns up to `limit` products after skipping `offset`, and the total.
-    pub async fn list(
+    /// [`Store::list`](super::Store::list).
+    pub(super) async fn list(
         &self,
         activity: Activity,
         offset: u64,
         limit: u64,
     ) -> Result<Page, StoreError> {
-        let filter = match activity {
-            Activity::Any => None,
-            Activity::Only(active) => Some(active),
-        };
+        let filter = activity.filter();
+        let (offset, limit) = (sql_int(offset), sql_int(limit));
         self.call(move |connection| {
             // One read transaction, so the page and the total agree.
             let transaction = connection.transaction()?;
@@ -235,8 +209,8 @@ impl Store {
         .await
     }
 
-    /// Returns the product with this id (24 lowercase hex digits), if any.
-    pub async fn find(&self, id: String) -> Result<Option<Product>, StoreError> {
+    /// [`Store::find`](super::Store::find).
+    pub(super) async fn find(&self, id: String) -> Result<Option<Product>, StoreError> {
         self.call(move |connection| {
             connection
                 .query_row(
@@ -246,6 +220,90 @@ impl Store {
                 )
                 .optional()
                 .map_err(StoreError::from)
+        })
+        .await
+    }
+
+    /// [`Store::events_after`](super::Store::events_after).
+    pub(super) async fn events_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let (after, limit) = (sql_int(after), sql_int(limit));
+        self.call(move |connection| {
+            connection
+                .prepare_cached(
+                    "SELECT id, json, published_at FROM events WHERE id > ?1 ORDER BY id LIMIT ?2",
+                )?
+                .query_map([after, limit], event_from_row)?
+                .collect::<Result<_, _>>()
+                .map_err(StoreError::from)
+        })
+        .await
+    }
+
+    /// [`Store::latest_events`](super::Store::latest_events).
+    pub(super) async fn latest_events(
+        &self,
+        count: usize,
+        newer_than: SystemTime,
+    ) -> Result<(u64, Vec<StoredEvent>), StoreError> {
+        let (count, newer_than) = (sql_int(count), millis(newer_than));
+        self.call(move |connection| {
+            // One read transaction, so the last id and the events agree.
+            let transaction = connection.transaction()?;
+            let last_id =
+                transaction.query_row("SELECT last_id FROM event_counter", [], |row| row.get(0))?;
+            let events = transaction
+                .prepare(
+                    "SELECT id, json, published_at FROM (\
+                         SELECT id, json, published_at FROM events \
+                         WHERE id > (\
+                             SELECT COALESCE(MAX(id), 0) FROM events WHERE published_at <= ?1\
+                         ) \
+                         ORDER BY id DESC LIMIT ?2\
+                     ) ORDER BY id",
+                )?
+                .query_map([newer_than, count], event_from_row)?
+                .collect::<Result<_, _>>()?;
+            transaction.commit()?;
+            Ok((last_id, events))
+        })
+        .await
+    }
+
+    /// [`Store::prune_events`](super::Store::prune_events).
+    pub(super) async fn prune_events(
+        &self,
+        keep: usize,
+        older_than: SystemTime,
+    ) -> Result<u64, StoreError> {
+        let (keep, older_than) = (sql_int(keep), millis(older_than));
+        self.call(move |connection| {
+            // Ids are gapless, so the newest `keep` are those within `keep`
+            // of the last id. With no event as recent as `older_than`,
+            // every one goes.
+            let deleted = connection.execute(
+                "DELETE FROM events \
+                 WHERE id <= (SELECT last_id FROM event_counter) - ?1 \
+                    OR id < (\
+                        SELECT COALESCE(MIN(id), (SELECT last_id + 1 FROM event_counter)) \
+                        FROM events WHERE published_at >= ?2\
+                    )",
+                [keep, older_than],
+            )?;
+            Ok(deleted as u64)
+        })
+        .await
+    }
+
+    /// [`Store::ping`](super::Store::ping): a query on the database thread,
+    /// which proves the thread serves jobs.
+    pub(super) async fn ping(&self) -> Result<(), StoreError> {
+        self.call(|connection| {
+            connection.query_row("SELECT 1", [], |_| Ok(()))?;
+            Ok(())
         })
         .await
     }
@@ -277,20 +335,10 @@ impl Store {
     }
 }
 
-/// The message of a `panic!` with a literal or formatted message.
-fn panic_message(panic: &(dyn Any + Send)) -> &str {
-    match panic.downcast_ref::<&str>() {
-        Some(message) => message,
-        None => panic
-            .downcast_ref::<String>()
-            .map_or("<not a string>", String::as_str),
-    }
-}
-
-fn connect(database: &Database) -> Result<Connection, StoreError> {
-    let connection = match database {
-        Database::Memory => Connection::open_in_memory()?,
-        Database::File(path) => {
+fn connect(path: Option<&Path>) -> Result<Connection, StoreError> {
+    let connection = match path {
+        None => Connection::open_in_memory()?,
+        Some(path) => {
             let connection = Connection::open(path)?;
             let mode: String =
                 connection
@@ -327,6 +375,14 @@ fn product_from_row(row: &Row<'_>) -> rusqlite::Result<Product> {
         extra_chf: from_json(row, 9)?,
         created_at: row.get(10)?,
         updated_at: row.get(11)?,
+    })
+}
+
+fn event_from_row(row: &Row<'_>) -> rusqlite::Result<StoredEvent> {
+    Ok(StoredEvent {
+        id: row.get(0)?,
+        json: row.get(1)?,
+        published_at: from_millis(row.get(2)?),
     })
 }
 
@@ -372,7 +428,7 @@ mod tests {
 
     #[tokio::test]
     async fn round_trips_products() {
-        let store = Store::open(&Database::Memory).await.unwrap();
+        let store = Sqlite::open(None).await.unwrap();
         let stored = store.insert(product(1, false), |_| {}).await.unwrap();
         assert_eq!(stored, product(1, false));
         assert_eq!(
@@ -387,11 +443,11 @@ mod tests {
 
     #[tokio::test]
     async fn on_commit_runs_once_per_commit_even_when_the_caller_gives_up() {
-        let store = Store::open(&Database::Memory).await.unwrap();
+        let store = Sqlite::open(None).await.unwrap();
         let (committed, commits) = mpsc::channel();
-        let notify = |committed: &mpsc::Sender<String>| {
+        let notify = |committed: &mpsc::Sender<StoredEvent>| {
             let committed = committed.clone();
-            move |product: &Product| committed.send(product.slug.clone()).unwrap()
+            move |event: &StoredEvent| committed.send(event.clone()).unwrap()
         };
 
         // Dropped right after handing the job over (the client hung up).
@@ -411,12 +467,20 @@ mod tests {
             .unwrap();
 
         drop(committed);
-        assert_eq!(commits.iter().collect::<Vec<_>>(), ["tea-1", "tea-2"]);
+        let commits: Vec<_> = commits.iter().collect();
+        // The conflict took no id.
+        assert_eq!(
+            commits.iter().map(|event| event.id).collect::<Vec<_>>(),
+            [1, 2]
+        );
+        assert!(commits[0].json.contains(r#""slug":"tea-1""#));
+        assert!(commits[1].json.contains(r#""slug":"tea-2""#));
+        assert_eq!(store.events_after(0, 10).await.unwrap(), commits);
     }
 
     #[tokio::test]
     async fn the_database_enforces_unique_slugs_and_names() {
-        let store = Store::open(&Database::Memory).await.unwrap();
+        let store = Sqlite::open(None).await.unwrap();
         store.insert(product(1, true), |_| {}).await.unwrap();
 
         let mut same_slug = product(2, true);
@@ -447,7 +511,7 @@ mod tests {
 
     #[tokio::test]
     async fn lists_in_insertion_order_with_filter_and_paging() {
-        let store = Store::open(&Database::Memory).await.unwrap();
+        let store = Sqlite::open(None).await.unwrap();
         // Ids in descending order, so only the rowid explains the listing order.
         for n in (1..=5).rev() {
             store.insert(product(n, n % 2 == 1), |_| {}).await.unwrap();
@@ -488,9 +552,9 @@ mod tests {
     #[tokio::test]
     async fn a_file_database_uses_wal_and_survives_reopening() {
         let dir = tempfile::Builder::new().prefix("store").tempdir().unwrap();
-        let database = Database::File(dir.path().join("products.db"));
+        let database = dir.path().join("products.db");
 
-        let store = Store::open(&database).await.unwrap();
+        let store = Sqlite::open(Some(database.clone())).await.unwrap();
         store.insert(product(1, true), |_| {}).await.unwrap();
         drop(store);
 
@@ -500,7 +564,7 @@ mod tests {
             .unwrap();
         assert_eq!(mode, "wal");
 
-        let reopened = Store::open(&database).await.unwrap();
+        let reopened = Sqlite::open(Some(database.clone())).await.unwrap();
         assert_eq!(
             reopened.find(product(1, true).id).await.unwrap(),
             Some(product(1, true))
@@ -508,8 +572,81 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn events_and_their_counter_survive_reopening() {
+        let dir = tempfile::Builder::new().prefix("store").tempdir().unwrap();
+        let database = dir.path().join("products.db");
+        let open = || Sqlite::open(Some(database.clone()));
+
+        let store = open().await.unwrap();
+        for n in 1..=3 {
+            store.insert(product(n, true), |_| {}).await.unwrap();
+        }
+        let committed = store.events_after(0, 10).await.unwrap();
+        assert_eq!(committed.len(), 3);
+        drop(store);
+
+        let reopened = open().await.unwrap();
+        assert_eq!(reopened.events_after(0, 10).await.unwrap(), committed);
+        assert_eq!(
+            reopened
+                .prune_events(0, SystemTime::UNIX_EPOCH)
+                .await
+                .unwrap(),
+            3
+        );
+        drop(reopened);
+
+        // With every event pruned, the counter alone remembers the last id.
+        let pruned = open().await.unwrap();
+        assert_eq!(
+            pruned
+                .latest_events(10, SystemTime::UNIX_EPOCH)
+                .await
+                .unwrap(),
+            (3, vec![])
+        );
+        pruned.insert(product(4, true), |_| {}).await.unwrap();
+        let next = pruned.events_after(0, 10).await.unwrap();
+        assert_eq!(next.iter().map(|event| event.id).collect::<Vec<_>>(), [4]);
+    }
+
+    #[tokio::test]
+    async fn a_database_from_before_the_event_log_gets_one() {
+        let dir = tempfile::Builder::new().prefix("store").tempdir().unwrap();
+        let database = dir.path().join("products.db");
+        // The schema as it was, with a product in it.
+        let old = Connection::open(&database).unwrap();
+        old.execute_batch(&SCHEMA[..SCHEMA.find("CREATE TABLE IF NOT EXISTS events").unwrap()])
+            .unwrap();
+        old.execute(
+            &format!(
+                "INSERT INTO products ({COLUMNS}) \
+                 VALUES ('65643f1adeadbeef01000000', 'old', 'Old', 'tea', 'Hot', 4.5, 1, \
+                         '/img/tea.png', '[\"S\"]', '{{\"S\":0,\"M\":2,\"L\":3}}', \
+                         '2025-01-01T00:00:00.000Z', '2025-01-01T00:00:00.000Z')"
+            ),
+            [],
+        )
+        .unwrap();
+        drop(old);
+
+        let store = Sqlite::open(Some(database)).await.unwrap();
+        assert_eq!(
+            store
+                .latest_events(10, SystemTime::UNIX_EPOCH)
+                .await
+                .unwrap(),
+            (0, vec![])
+        );
+        store.insert(product(1, true), |_| {}).await.unwrap();
+        let events = store.events_after(0, 10).await.unwrap();
+        assert_eq!(events.iter().map(|event| event.id).collect::<Vec<_>>(), [1]);
+        assert_eq!(store.list(Activity::Any, 0, 10).await.unwrap().total, 2);
+    }
+
+    #[tokio::test]
     async fn a_panicking_job_is_rolled_back_and_the_store_keeps_serving() {
-        let store = Store::open(&Database::Memory).await.unwrap();
+        let store = Sqlite::open(None).await.unwrap();
         store.insert(product(1, true), |_| {}).await.unwrap();
 
         let panicked: Result<(), _> = store
@@ -532,7 +669,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_queue_makes_callers_wait_for_room() {
-        let store = Store::open(&Database::Memory).await.unwrap();
+        let store = Sqlite::open(None).await.unwrap();
         // Occupy the thread until the queue has been filled.
         let (started, on_start) = oneshot::channel();
         let (release, blocked) = mpsc::channel::<()>();
@@ -590,9 +727,9 @@ mod tests {
             .prefix("store-missing")
             .tempdir()
             .unwrap();
-        let database = Database::File(dir.path().join("no/such/dir/products.db"));
+        let database = dir.path().join("no/such/dir/products.db");
         assert!(matches!(
-            Store::open(&database).await,
+            Sqlite::open(Some(database.clone())).await,
             Err(StoreError::Sqlite(_))
         ));
     }
