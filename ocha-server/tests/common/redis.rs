@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use super::daemon::{unused_port, Daemon};
 
-/// How long [`ping`] waits for an answer.
-const PING_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a command waits for an answer.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A Redis server running in a temporary directory, stopped on drop.
 pub struct RedisServer {
@@ -111,14 +111,24 @@ impl Drop for RedisServer {
 /// Whether a Redis server on `port` of 127.0.0.1 answers `PING` with
 /// `+PONG`, over a connection of its own.
 pub fn ping(port: u16) -> bool {
-    let answer = || -> std::io::Result<String> {
-        let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-        let mut stream = TcpStream::connect_timeout(&address, PING_TIMEOUT)?;
-        stream.set_read_timeout(Some(PING_TIMEOUT))?;
-        stream.write_all(b"PING\r\n")?;
-        let mut line = String::new();
-        BufReader::new(stream).read_line(&mut line)?;
-        Ok(line)
-    };
-    answer().is_ok_and(|line| line == "+PONG\r\n")
+    inline_command(port, "PING").is_ok_and(|line| line == "+PONG\r\n")
+}
+
+/// Runs `command` (inline syntax: words separated by spaces) on the Redis
+/// server on `port`, and panics unless it answers `+OK`.
+pub fn command(port: u16, command: &str) {
+    let answer = inline_command(port, command).expect("Redis answers");
+    assert_eq!(answer, "+OK\r\n", "{command}");
+}
+
+/// The first line of Redis's answer to `command`, over a connection of
+/// its own.
+fn inline_command(port: u16, command: &str) -> std::io::Result<String> {
+    let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let mut stream = TcpStream::connect_timeout(&address, REPLY_TIMEOUT)?;
+    stream.set_read_timeout(Some(REPLY_TIMEOUT))?;
+    stream.write_all(format!("{command}\r\n").as_bytes())?;
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line)?;
+    Ok(line)
 }
