@@ -27,6 +27,8 @@ async fn events_carry_ids_after_the_document_and_plain_welcomes_are_unchanged() 
         );
         assert_eq!(next_text(&mut ws).await, expected);
     }
+    // Gone before the shutdown, which would otherwise wait for their closes.
+    drop(ws);
     stop_binary(&mut server).await;
 }
 
@@ -61,6 +63,7 @@ async fn a_client_whose_socket_died_resumes_with_exactly_what_it_missed() {
         (4, "Matcha Latte 4".into())
     );
     assert_quiet(&mut ws).await;
+    drop((ws, observer));
     stop_binary(&mut server).await;
 }
 
@@ -74,6 +77,7 @@ async fn clients_resume_across_a_server_restart_and_ids_carry_on() {
     let first = next_text(&mut ws).await;
     let second = next_text(&mut ws).await;
     assert_eq!(event_id(&first), 1);
+    drop(ws);
     stop_binary(&mut server).await;
 
     let (mut server, addr) = start_binary(&dir).await;
@@ -87,6 +91,7 @@ async fn clients_resume_across_a_server_restart_and_ids_carry_on() {
     create_on(addr, 3).await;
     assert_eq!(event_id(&next_text(&mut ws).await), 3);
     assert_quiet(&mut ws).await;
+    drop(ws);
     stop_binary(&mut server).await;
 }
 
@@ -117,6 +122,7 @@ async fn positions_past_the_history_or_not_ours_get_a_resync_then_live_events() 
     assert_eq!(next_text(&mut resynced).await, RESYNC);
     create_on(addr, 6).await;
     assert_eq!(event_id(&next_text(&mut resynced).await), 6);
+    drop((ws, resynced));
     stop_binary(&mut server).await;
 
     // The bound holds across a restart too.
@@ -128,5 +134,6 @@ async fn positions_past_the_history_or_not_ours_get_a_resync_then_live_events() 
     for id in 4..=6 {
         assert_eq!(event_id(&next_text(&mut ws).await), id);
     }
+    drop(ws);
     stop_binary(&mut server).await;
 }
