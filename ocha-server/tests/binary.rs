@@ -157,6 +157,18 @@ async fn bad_configuration_fails_with_a_clear_message() {
             "cannot open the database",
         ),
         (
+            vec![("REDIS_URL", "redis://127.0.0.1:6379")],
+            "REDIS_URL shares events between nodes, which must share their database",
+        ),
+        (
+            vec![("REDIS_URL", "127.0.0.1:6379")],
+            r#"REDIS_URL must be redis://HOST:PORT, got "127.0.0.1:6379""#,
+        ),
+        (
+            vec![("EVENT_HISTORY", "many")],
+            r#"EVENT_HISTORY must be a whole number of events, got "many""#,
+        ),
+        (
             vec![("WS_OUTBOUND_CAPACITY", "zero")],
             r#"WS_OUTBOUND_CAPACITY must be a positive integer, got "zero""#,
         ),

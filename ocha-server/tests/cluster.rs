@@ -240,3 +240,38 @@ async fn an_event_committed_by_a_node_killed_at_once_still_reaches_everyone_once
         assert_eq!(event_id(&events(ws, 1).await.remove(0)), 2);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_reports_each_dependency_and_a_lost_database_answers_503() {
+    let mut postgres = PostgresServer::new();
+    let redis = RedisServer::new();
+    let node = Node::start(&postgres, Some(&redis)).await;
+    until_ready(&node, "Redis up", |ready| ready["redis"] == "up").await;
+    let ready = get(node.addr, "/api/v1/ready").await;
+    ready.assert_json(
+        200,
+        r#"{"status":"ready","database":"up","redis":"up","lastEventId":"0"}"#,
+    );
+    let dir = TempDir::new("alone");
+    let (_alone, alone) = start_binary(&dir).await;
+    get(alone, "/api/v1/ready").await.assert_json(
+        200,
+        r#"{"status":"ready","database":"up","redis":"off","lastEventId":"0"}"#,
+    );
+
+    postgres.stop();
+    get(node.addr, "/api/v1/ready").await.assert_json(
+        503,
+        r#"{"status":"unavailable","database":"down","redis":"up","lastEventId":"0"}"#,
+    );
+    let refused = node.create(1).await;
+    refused.assert_json(503, r#"{"message":"Service unavailable"}"#);
+    get(node.addr, "/api/v1/products")
+        .await
+        .assert_json(503, r#"{"message":"Service unavailable"}"#);
+    assert_healthy(node.addr).await;
+
+    postgres.start();
+    until_ready(&node, "database back", |ready| ready["database"] == "up").await;
+    assert_eq!(node.create(1).await.status, 201);
+}
