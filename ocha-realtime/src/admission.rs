@@ -17,7 +17,8 @@ use crate::history::Since;
 #[derive(Debug, Clone, Default)]
 pub struct Admission {
     pub(crate) user: Option<Arc<str>>,
-    pub(crate) channels: Vec<Arc<str>>,
+    /// Each first channel, with the position to resume it from, if any.
+    pub(crate) channels: Vec<(Arc<str>, Option<Since>)>,
     pub(crate) protocol: Option<String>,
     pub(crate) since: Option<Since>,
 }
@@ -41,7 +42,18 @@ impl Admission {
 
     /// Starts the connection in `channel` as well.
     pub fn channel(mut self, channel: impl Into<String>) -> Admission {
-        self.channels.push(Arc::from(channel.into()));
+        self.channels.push((Arc::from(channel.into()), None));
+        self
+    }
+
+    /// Starts the connection in `channel`, resuming the channel's events
+    /// after `since` as [`since`](Self::since) does for events published to
+    /// all: what it missed of the events published to the channel with an
+    /// id ([`Hub::publish_event_to`](crate::Hub::publish_event_to)) follows
+    /// the welcome, or [`RESYNC`](crate::RESYNC) if that is no longer kept.
+    pub fn channel_since(mut self, channel: impl Into<String>, since: &str) -> Admission {
+        self.channels
+            .push((Arc::from(channel.into()), Some(Since::parse(since))));
         self
     }
 

@@ -1,9 +1,10 @@
 //! Event ids and the bounded history that lets a reconnecting client resume
 //! where it left off.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -13,7 +14,8 @@ use bytes::Bytes;
 /// product list), then carry on with live events.
 pub const RESYNC: &str = r#"{"type":"resync"}"#;
 
-/// An event's position in the hub's stream of events published to all.
+/// An event's position in one of the hub's streams: the events published
+/// to all, or to one channel.
 ///
 /// Ids come from the application's own log (a database sequence, say), so
 /// that every node of a cluster gives the same event the same id; each is
@@ -200,6 +202,13 @@ impl History {
         self.events.len()
     }
 
+    /// Whether it holds nothing a client could resume from but its
+    /// position (every event it had expired).
+    fn is_spent(&mut self) -> bool {
+        self.expire(SystemTime::now());
+        self.events.is_empty()
+    }
+
     fn expire(&mut self, now: SystemTime) {
         while self.events.front().is_some_and(|kept| {
             now.duration_since(kept.published_at)
@@ -213,6 +222,57 @@ impl History {
         if let Some(dropped) = self.events.pop_front() {
             self.complete_after = dropped.id;
         }
+    }
+}
+
+/// The history of each channel published to with ids. Each has its own
+/// lock, held through a publish to the channel and while a connection joins
+/// it with a position, as [`History`] is for events published to all.
+///
+/// A channel's history outlives its members, for clients that come back;
+/// one whose events have all expired is dropped, as the map grows, and a
+/// client resuming there is told to resync.
+#[derive(Debug, Default)]
+pub(crate) struct ChannelHistories {
+    by_name: Mutex<HashMap<Arc<str>, Arc<Mutex<History>>>>,
+    /// How many histories there were after the last sweep.
+    swept_at: Mutex<usize>,
+}
+
+impl ChannelHistories {
+    /// The history of `channel`, created empty if it has none.
+    pub(crate) fn get(&self, channel: &str, config: &crate::Config) -> Arc<Mutex<History>> {
+        let mut by_name = crate::registry::lock(&self.by_name);
+        if let Some(history) = by_name.get(channel) {
+            return history.clone();
+        }
+        let history = Arc::new(Mutex::new(History::new(
+            config.history_size,
+            config.history_max_age,
+        )));
+        by_name.insert(Arc::from(channel), history.clone());
+        let mut swept_at = crate::registry::lock(&self.swept_at);
+        // Sweeping when the map has doubled keeps its cost constant per
+        // channel created.
+        if by_name.len() > 2 * (*swept_at).max(64) {
+            by_name.retain(|_, history| {
+                Arc::strong_count(history) > 1
+                    || !history
+                        .try_lock()
+                        .is_ok_and(|mut history| history.is_spent())
+            });
+            *swept_at = by_name.len();
+        }
+        history
+    }
+
+    /// The id of the latest event published to `channel`.
+    pub(crate) fn last(&self, channel: &str) -> EventId {
+        // Not under the map's lock: the history may be in a fan-out.
+        let history = crate::registry::lock(&self.by_name).get(channel).cloned();
+        history.map_or(EventId::START, |history| {
+            crate::registry::lock(&history).last()
+        })
     }
 }
 

@@ -208,6 +208,24 @@ impl Hub {
         self.registry.last_event_id()
     }
 
+    /// Sends `frame`, the event `id` of `channel`'s own stream, to the
+    /// channel's members as [`publish_to`](Self::publish_to) does, and keeps
+    /// it for members that resume ([`Admission::channel_since`],
+    /// [`subscribe_since`](Self::subscribe_since)); `None`, sending nothing,
+    /// if `id` is not after the channel's last event's.
+    ///
+    /// Each channel has its own ids and history, bounded as
+    /// [`Config::history_size`] and [`Config::history_max_age`] say.
+    pub fn publish_event_to(&self, channel: &str, id: EventId, frame: &Frame) -> Option<usize> {
+        self.registry.publish_event_to(channel, id, &frame.0)
+    }
+
+    /// The id of the latest event published to `channel` with one:
+    /// [`EventId::START`] before any.
+    pub fn channel_last_event_id(&self, channel: &str) -> EventId {
+        self.registry.channel_last_event_id(channel)
+    }
+
     /// Sends `frame` to the members of `channel` and returns how many it
     /// reached. Costs as much as the channel has members, however many
     /// connections the hub holds; publishes to one channel reach its members
@@ -232,6 +250,15 @@ impl Hub {
     /// Adds a connection to `channel`; false if it is gone or already in it.
     pub fn subscribe(&self, connection: ConnectionId, channel: &str) -> bool {
         self.registry.subscribe(connection, channel)
+    }
+
+    /// Adds a connection to `channel` and sends it what it missed there
+    /// after the event `since`, as [`Admission::channel_since`] does at
+    /// connection time; false if it is gone or already in the channel.
+    /// A client rejoining a channel by message calls this with the last id
+    /// it saw there.
+    pub fn subscribe_since(&self, connection: ConnectionId, channel: &str, since: &str) -> bool {
+        self.registry.subscribe_since(connection, channel, since)
     }
 
     /// Takes a connection out of `channel`; false if it was not in it.

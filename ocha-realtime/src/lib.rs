@@ -51,11 +51,13 @@
 //!   is a member, exactly once, in the order of the publishes to all, and of
 //!   the publishes to each channel; until it disconnects. Publishes to
 //!   different targets are not ordered with each other.
-//! - Events published with an id ([`Hub::publish_event`]) are kept in a
-//!   history bounded by count and age. A client admitted with
-//!   [`Admission::since`] (its last event id) is sent what it missed, then
-//!   live events, with nothing lost or repeated at the handover; or, if
-//!   what it missed is no longer kept, [`RESYNC`].
+//! - Events published with an id, to all ([`Hub::publish_event`]) or to a
+//!   channel ([`Hub::publish_event_to`]), are kept in a history per stream
+//!   bounded by count and age. A client resuming a stream with the last id
+//!   it saw there ([`Admission::since`], [`Admission::channel_since`],
+//!   [`Hub::subscribe_since`]) is sent what it missed, then live events,
+//!   with nothing lost or repeated at the handover; or, if what it missed
+//!   is no longer kept, [`RESYNC`] (with the channel's name for a channel).
 //! - Publishing to a channel or user costs as much as it has connections,
 //!   however many the hub holds. A closed connection leaves its channels
 //!   and user with nothing left behind.

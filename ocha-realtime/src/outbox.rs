@@ -50,6 +50,9 @@ struct Queue {
     frames: VecDeque<Bytes>,
     /// The connection's waker, kept between wakes.
     waker: Option<Waker>,
+    /// Frames of a replay queued over the capacity: live frames may queue
+    /// this many more until the connection takes them.
+    replayed: usize,
     close: Option<CloseReason>,
 }
 
@@ -71,7 +74,7 @@ impl Outbox {
         if queue.close.is_some() {
             return Pushed::Refused;
         }
-        if queue.frames.len() >= capacity {
+        if queue.frames.len() >= capacity + queue.replayed {
             queue.frames = VecDeque::new();
             queue.close = Some(CloseReason::SlowConsumer);
             wake.extend(queue.waker.clone());
@@ -83,6 +86,23 @@ impl Outbox {
             wake.extend(queue.waker.clone());
         }
         Pushed::Queued
+    }
+
+    /// Queues what a client resuming in a channel missed, however many: the
+    /// capacity bounds how far behind live events a client may fall, and
+    /// the replay is bounded by the history already. False if the
+    /// connection is closing.
+    pub(crate) fn push_replay(&self, frames: Vec<Bytes>, wake: &mut Vec<Waker>) -> bool {
+        let mut queue = self.lock();
+        if queue.close.is_some() {
+            return false;
+        }
+        if queue.frames.is_empty() && !frames.is_empty() {
+            wake.extend(queue.waker.clone());
+        }
+        queue.replayed += frames.len();
+        queue.frames.extend(frames);
+        true
     }
 
     /// Asks the connection to close, adding its waker to `wake`; false if
@@ -133,6 +153,7 @@ impl Outbox {
             // Swapping keeps both buffers' capacity: no allocation per event
             // (the connection trims `sending` after a burst).
             std::mem::swap(sending, &mut queue.frames);
+            queue.replayed = 0;
         } else if queue.close.is_some() {
             // Closing: whatever is left is sent before the close frame, or
             // was already dropped for a slow consumer.

@@ -15,7 +15,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::groups::Groups;
-use crate::history::{History, Replay, RESYNC};
+use crate::history::{ChannelHistories, History, Replay, Since, RESYNC};
 use crate::outbox::{CloseReason, Outbox, Pushed};
 use crate::{frame, Admission, Config, ConnectionId, EventId, Message, Presence};
 
@@ -108,6 +108,8 @@ pub(crate) struct Registry {
     /// then either in the connection's replay or published to it, never
     /// both and never neither.
     history: Mutex<History>,
+    /// Events published to each channel with an id, likewise.
+    channel_histories: ChannelHistories,
     pub(crate) handler: Option<Handler>,
     on_presence: Option<PresenceHook>,
     /// Open connections by id, in shards; ordered, so that a fan-out visits
@@ -166,6 +168,7 @@ impl Registry {
                 .map(|text| frame::text(text.as_bytes())),
             resync: frame::text(RESYNC.as_bytes()),
             history: Mutex::new(History::new(config.history_size, config.history_max_age)),
+            channel_histories: ChannelHistories::default(),
             config,
             handler,
             on_presence,
@@ -222,8 +225,22 @@ impl Registry {
             self.users.join(user, id, outbox, Some(user));
         }
         let mut joined: Vec<Arc<str>> = Vec::with_capacity(channels.len());
-        for channel in channels {
-            if self.channels.join(&channel, id, outbox, user.as_ref()) {
+        let mut channel_replays = Vec::new();
+        for (channel, since) in channels {
+            let is_new = match since {
+                None => self.channels.join(&channel, id, outbox, user.as_ref()),
+                Some(since) => {
+                    // Held while joining; see `Registry::channel_histories`.
+                    let history = self.channel_histories.get(&channel, &self.config);
+                    let mut history = lock(&history);
+                    let is_new = self.channels.join(&channel, id, outbox, user.as_ref());
+                    if is_new {
+                        channel_replays.extend(self.channel_replay(&channel, &mut history, since));
+                    }
+                    is_new
+                }
+            };
+            if is_new {
                 joined.push(channel);
             }
         }
@@ -251,6 +268,7 @@ impl Registry {
         if history.is_none() {
             first.extend(self.welcome.clone());
         }
+        first.extend(channel_replays);
         let mut shard = self.shard(id);
         if self.is_shutting_down() {
             outbox.close(CloseReason::GoingAway, &mut Vec::new());
@@ -344,6 +362,56 @@ impl Registry {
         true
     }
 
+    /// Adds a connection to `channel` and queues what it missed there after
+    /// `since`; false if it is gone or already in it.
+    pub(crate) fn subscribe_since(
+        self: &Arc<Self>,
+        id: ConnectionId,
+        channel: &str,
+        since: &str,
+    ) -> bool {
+        let mut shard = self.shard(id);
+        let Some(member) = shard.get_mut(&id) else {
+            return false;
+        };
+        if member.channels().iter().any(|joined| &**joined == channel) {
+            return false;
+        }
+        let channel: Arc<str> = Arc::from(channel);
+        let history = self.channel_histories.get(&channel, &self.config);
+        let mut history = lock(&history);
+        self.channels
+            .join(&channel, id, &member.outbox, member.user());
+        let replay = self.channel_replay(&channel, &mut history, Since::parse(since));
+        let mut wake = Vec::new();
+        member.outbox.push_replay(replay, &mut wake);
+        drop(history);
+        member.channels_mut().push(channel.clone());
+        let user = member.user().map(|user| user.to_string());
+        drop(shard);
+        wake.into_iter().for_each(Waker::wake);
+        self.announce(|| {
+            std::iter::once(Presence::Joined {
+                connection: id,
+                user,
+                channel: channel.to_string(),
+            })
+        });
+        true
+    }
+
+    /// What a connection joining `channel` at `since` is sent first.
+    fn channel_replay(&self, channel: &str, history: &mut History, since: Since) -> Vec<Bytes> {
+        match history.replay(since) {
+            Replay::Events(missed) => missed,
+            Replay::Resync => {
+                let channel = serde_json::to_string(channel).expect("strings serialize");
+                let text = format!(r#"{{"type":"resync","channel":{channel}}}"#);
+                vec![frame::text(text.as_bytes())]
+            }
+        }
+    }
+
     /// Takes a connection out of `channel`; false if it was not in it.
     pub(crate) fn unsubscribe(self: &Arc<Self>, id: ConnectionId, channel: &str) -> bool {
         let mut shard = self.shard(id);
@@ -419,6 +487,29 @@ impl Registry {
         let reached = self.publish(frame);
         drop(history);
         Some(reached)
+    }
+
+    /// Publishes to `channel` an event with an id after the channel's last
+    /// one, keeping it for resuming members; `None` if its id is not after
+    /// the last.
+    pub(crate) fn publish_event_to(
+        &self,
+        channel: &str,
+        id: EventId,
+        frame: &Bytes,
+    ) -> Option<usize> {
+        let history = self.channel_histories.get(channel, &self.config);
+        let mut history = lock(&history);
+        if !history.append(id, SystemTime::now(), frame) {
+            return None;
+        }
+        let reached = self.publish_to_group(Target::Channel(channel), frame);
+        drop(history);
+        Some(reached)
+    }
+
+    pub(crate) fn channel_last_event_id(&self, channel: &str) -> EventId {
+        self.channel_histories.last(channel)
     }
 
     /// Replaces the history with the application's; see [`History::restore`].

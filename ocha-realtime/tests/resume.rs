@@ -145,3 +145,108 @@ async fn resuming_while_events_are_published_loses_and_repeats_nothing() {
         reader.await.unwrap();
     }
 }
+
+fn publish_to(hub: &Hub, channel: &str, id: u64) -> Option<usize> {
+    hub.publish_event_to(channel, EventId::new(id), &Frame::text(&event(id)))
+}
+
+#[tokio::test]
+async fn a_channel_keeps_its_own_ids_and_history_even_with_no_member() {
+    let (hub, addr) = serve(Config::default().history_size(3)).await;
+    for id in 1..=4 {
+        assert_eq!(publish_to(&hub, "room", id), Some(0));
+    }
+    publish(&hub, 1);
+    assert_eq!(publish_to(&hub, "room", 4), None, "already published");
+    assert_eq!(hub.channel_last_event_id("room"), EventId::new(4));
+    assert_eq!(hub.channel_last_event_id("elsewhere"), EventId::START);
+
+    // The plain welcome: only the channel resumes.
+    let mut member = connect(addr, "/?channel=room&since=2", OCHA_WELCOME).await;
+    for id in 3..=4 {
+        assert_eq!(next_text(&mut member).await, event(id));
+    }
+    assert_eq!(publish_to(&hub, "room", 5), Some(1));
+    assert_eq!(publish_to(&hub, "other", 1), Some(0));
+    assert_eq!(next_text(&mut member).await, event(5));
+    assert_quiet(&mut member).await;
+
+    let mut too_old = connect(addr, "/?channel=room&since=1", OCHA_WELCOME).await;
+    assert_eq!(
+        next_text(&mut too_old).await,
+        r#"{"type":"resync","channel":"room"}"#
+    );
+    let mut unknown = connect(addr, "/?channel=new&since=7", OCHA_WELCOME).await;
+    assert_eq!(
+        next_text(&mut unknown).await,
+        r#"{"type":"resync","channel":"new"}"#
+    );
+}
+
+/// A client joins a channel by message with the last id it saw there.
+#[tokio::test]
+async fn subscribe_since_replays_then_delivers_live_events() {
+    let hub = Hub::builder(Config::default().outbound_capacity(4))
+        .on_message(|hub, from, message| async move {
+            if let ocha_realtime::Message::Text(text) = message {
+                let (channel, since) = text.split_once(' ').unwrap();
+                assert!(hub.subscribe_since(from, channel, since));
+                assert!(!hub.subscribe_since(from, channel, since), "already in");
+                hub.send(from, &Frame::text("joined"));
+            }
+        })
+        .build();
+    let addr = support::serve_hub(hub.clone()).await;
+    // More missed events than the outbound capacity: a replay is not a
+    // client falling behind.
+    for id in 1..=20 {
+        publish_to(&hub, "room", id);
+    }
+    let mut client = connect(addr, "/", OCHA_WELCOME).await;
+    futures_util::SinkExt::send(&mut client, "room 10".into())
+        .await
+        .unwrap();
+    for id in 11..=20 {
+        assert_eq!(next_text(&mut client).await, event(id));
+    }
+    assert_eq!(next_text(&mut client).await, "joined");
+    publish_to(&hub, "room", 21);
+    assert_eq!(next_text(&mut client).await, event(21));
+    assert_eq!(hub.stats().slow_consumer_closes, 0);
+}
+
+/// As for events to all: members resume in a channel while it is published
+/// to, and each gets every event after its position exactly once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resuming_in_a_channel_while_it_is_published_to_loses_and_repeats_nothing() {
+    const EVENTS: u64 = 3000;
+    let (hub, addr) = serve(Config::default().history_size(EVENTS as usize)).await;
+    let publisher = {
+        let hub = hub.clone();
+        tokio::spawn(async move {
+            for id in 1..=EVENTS {
+                publish_to(&hub, "room", id).unwrap();
+                if id % 20 == 0 {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        })
+    };
+    let mut readers = Vec::new();
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let since = hub.channel_last_event_id("room").get().saturating_sub(50);
+        readers.push(tokio::spawn(async move {
+            let url = format!("ws://{addr}/?channel=room&since={since}");
+            let (mut client, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+            assert_eq!(next_text(&mut client).await, OCHA_WELCOME);
+            for id in since + 1..=EVENTS {
+                assert_eq!(next_text(&mut client).await, event(id), "since {since}");
+            }
+        }));
+    }
+    publisher.await.unwrap();
+    for reader in readers {
+        reader.await.unwrap();
+    }
+}

@@ -30,7 +30,8 @@ pub async fn serve_hub(hub: Hub) -> SocketAddr {
 
 /// Serves `hub` on a free port: WebSocket upgrades on `/` (with hyper's
 /// `Incoming` body) and on `/mapped` (with the body replaced, as a framework
-/// would), and a plain route on `/health`. `/?since=ID` resumes after `ID`.
+/// would), and a plain route on `/health`. `/?since=ID` resumes after `ID`;
+/// `/?channel=NAME&since=ID` joins `NAME` and resumes its events after `ID`.
 pub async fn serve(config: Config) -> (Hub, SocketAddr) {
     let hub = Hub::new(config);
     let addr = serve_hub(hub.clone()).await;
@@ -42,16 +43,24 @@ async fn accept_loop(listener: TcpListener, hub: Hub) {
         let (stream, _) = listener.accept().await.unwrap();
         let hub = hub.clone();
         let service = service_fn(move |request: Request<Incoming>| {
-            // `/?since=ID` resumes; ids are digits, so no decoding is needed.
-            let since = request.uri().query().and_then(|query| {
-                query
-                    .split('&')
-                    .find_map(|pair| pair.strip_prefix("since="))
-                    .map(str::to_owned)
-            });
+            // `/?since=ID` resumes, `&channel=NAME` in a channel instead;
+            // ids and names here need no decoding.
+            let param = |name: &str| {
+                request.uri().query().and_then(|query| {
+                    query
+                        .split('&')
+                        .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+                        .map(str::to_owned)
+                })
+            };
+            let (since, channel) = (param("since"), param("channel"));
             let response = match (request.uri().path(), since) {
                 ("/", Some(since)) => {
-                    hub.upgrade_with(request, Admission::anonymous().since(&since))
+                    let admission = match channel {
+                        Some(channel) => Admission::anonymous().channel_since(channel, &since),
+                        None => Admission::anonymous().since(&since),
+                    };
+                    hub.upgrade_with(request, admission)
                 }
                 ("/", None) => hub.upgrade(request),
                 ("/mapped", _) => hub.upgrade(request.map(|_| Empty::<Bytes>::new())),
