@@ -371,6 +371,11 @@ mod tests {
         let s = shared(30, 1);
         let frame = r#"{"type":"new_product","product":{"_id":"1","slug":"lg-abc-12","name":"Loadgen abc #12"}}"#;
         assert_eq!(s.event_index(frame), Some(12));
+        // Nodes of a cluster append the event's log id as the last field.
+        let numbered = r#"{"type":"new_product","product":{"_id":"1","slug":"lg-abc-12","name":"Loadgen abc #12"},"id":"42"}"#;
+        assert_eq!(s.event_index(numbered), Some(12));
+        let id_first = r#"{"id":"7","type":"new_product","product":{"slug":"lg-abc-3"}}"#;
+        assert_eq!(s.event_index(id_first), Some(3));
         assert_eq!(s.event_index(r#"{"slug": "lg-abc-7"}"#), Some(7));
         assert_eq!(
             s.event_index(r#"{"slug":"lg-abc-30"}"#),
