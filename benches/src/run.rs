@@ -97,12 +97,12 @@ pub async fn run(args: Args) -> Result<Report, String> {
     let baseline = probe.memory();
     let ws_urls: Vec<String> = nodes.iter().map(|n| n.ws_url("/")).collect();
     let poster = if args.listen_only {
-        "another loadgen"
+        "another loadgen POSTs"
     } else {
-        "we"
+        "we POST"
     };
     eprintln!(
-        "loadgen {run_id}: connecting {} clients to {} ({} mode), events {poster} POST to {} for {recipients} of them",
+        "loadgen {run_id}: connecting {} clients to {} ({} mode), events {poster} to {} for {recipients} of them",
         args.clients,
         ws_urls.join(" "),
         args.mode(),
