@@ -10,6 +10,10 @@ usage: loadgen [options]
 
   --url URL                 server base URL (default http://127.0.0.1:5101);
                             WebSocket on ws://HOST:PORT/, products on /api/v1/products
+  --ws-url URL              base URL of a node the WebSocket clients connect to; repeat
+                            it for several nodes of one cluster: client i connects to
+                            the (i mod n)-th, and the report adds each node's figures.
+                            Products still go to --url (default: --url alone)
   --clients N               reading WebSocket clients (default 1000)
   --events M                products to create (default 30)
   --interval-ms MS          latency mode: one POST every MS ms (default 200)
@@ -30,6 +34,16 @@ usage: loadgen [options]
   --timeout-s S             wait this long after the last POST for deliveries (default 10)
   --json                    print one JSON object instead of the table
 
+Several loadgen processes on one run (more clients than one process has descriptors for):
+  --run-id ID               name the run ID (letters and digits) instead of a random name;
+                            events are recognised by it
+  --listen-only             POST nothing: connect, say `loadgen ID: listening` on stderr,
+                            then wait for the --events events another loadgen POSTs with
+                            the same --run-id, until every client has them all or
+                            --timeout-s passed without a new delivery. Latency counts from
+                            the send time the POSTing loadgen writes in each product
+                            (microseconds since the UNIX epoch: one machine, one clock)
+
 Channels, against the rooms example (examples/rooms.rs) instead of ocha-server:
   --channel NAME            clients expect no welcome; events are POSTed to
                             /channels/NAME without a token, and only members expect them
@@ -42,6 +56,8 @@ Channels, against the rooms example (examples/rooms.rs) instead of ocha-server:
 #[derive(Debug, Clone)]
 pub struct Args {
     pub(crate) url: String,
+    /// `--ws-url`s; empty means `url`.
+    pub(crate) ws_urls: Vec<String>,
     pub(crate) clients: usize,
     pub(crate) events: usize,
     pub(crate) interval_ms: u64,
@@ -58,6 +74,8 @@ pub struct Args {
     pub(crate) settle_ms: u64,
     pub(crate) timeout_s: u64,
     pub(crate) json: bool,
+    pub(crate) run_id: Option<String>,
+    pub(crate) listen_only: bool,
     pub(crate) server: Server,
 }
 
@@ -88,6 +106,7 @@ impl Args {
     pub fn parse(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
         let mut a = Args {
             url: "http://127.0.0.1:5101".into(),
+            ws_urls: Vec::new(),
             clients: 1000,
             events: 30,
             interval_ms: 200,
@@ -104,6 +123,8 @@ impl Args {
             settle_ms: 1500,
             timeout_s: 10,
             json: false,
+            run_id: None,
+            listen_only: false,
             server: Server::Ocha,
         };
         let (mut channel, mut members, mut broadcast) = (None, None, false);
@@ -125,6 +146,7 @@ impl Args {
             }
             match flag.as_str() {
                 "--url" => a.url = value()?,
+                "--ws-url" => a.ws_urls.push(value()?),
                 "--clients" => a.clients = num(&flag, value()?)?,
                 "--events" => a.events = num(&flag, value()?)?,
                 "--interval-ms" => a.interval_ms = num(&flag, value()?)?,
@@ -141,6 +163,8 @@ impl Args {
                 "--settle-ms" => a.settle_ms = num(&flag, value()?)?,
                 "--timeout-s" => a.timeout_s = num(&flag, value()?)?,
                 "--json" => a.json = true,
+                "--run-id" => a.run_id = Some(value()?),
+                "--listen-only" => a.listen_only = true,
                 "--channel" => channel = Some(value()?),
                 "--channel-members" => members = Some(num(&flag, value()?)?),
                 "--broadcast" => broadcast = true,
@@ -153,6 +177,15 @@ impl Args {
         }
         if a.connect_concurrency == 0 || a.threads == 0 {
             return Err("--connect-concurrency and --threads must be at least 1".into());
+        }
+        if let Some(id) = &a.run_id {
+            // Part of every slug, and found in event frames without parsing them.
+            if id.is_empty() || id.len() > 32 || !id.chars().all(|c| c.is_ascii_alphanumeric()) {
+                return Err("--run-id: use 1 to 32 letters and digits".into());
+            }
+        }
+        if a.listen_only && a.run_id.is_none() {
+            return Err("--listen-only needs the --run-id of the loadgen that POSTs".into());
         }
         if let Some(channel) = channel {
             // Sent unescaped in the WebSocket URL and the POST path.
@@ -218,9 +251,27 @@ impl Args {
         }
     }
 
+    /// The base URLs of the nodes the WebSocket clients connect to.
+    pub(crate) fn ws_bases(&self) -> Vec<&str> {
+        if self.ws_urls.is_empty() {
+            vec![&self.url]
+        } else {
+            self.ws_urls.iter().map(String::as_str).collect()
+        }
+    }
+
+    /// The node (an index into [`Args::ws_bases`]) that client `client`
+    /// connects to: round robin, so that clients `0..k` spread evenly
+    /// whatever `k`, channel members included.
+    pub(crate) fn node_of(&self, client: usize) -> usize {
+        client % self.ws_urls.len().max(1)
+    }
+
     /// The POST schedule's name, as the report gives it.
     pub(crate) fn mode(&self) -> &'static str {
-        if self.back_to_back {
+        if self.listen_only {
+            "listen-only"
+        } else if self.back_to_back {
             "back-to-back"
         } else {
             "interval"
@@ -298,5 +349,37 @@ mod tests {
         assert!(parse("--clients 10 --channel c --channel-members 11").is_err());
         assert!(parse("--channel a/b").is_err());
         assert!(parse("--broadcast").is_err());
+    }
+
+    #[test]
+    fn ws_urls_default_to_url_and_clients_go_round_robin() {
+        let parse = |argv: &str| Args::parse(argv.split(' ').map(String::from));
+        let one = parse("--url http://127.0.0.1:5201").unwrap();
+        assert_eq!(one.ws_bases(), ["http://127.0.0.1:5201"]);
+        assert_eq!((one.node_of(0), one.node_of(7)), (0, 0));
+
+        let three =
+            parse("--url http://a:1 --ws-url http://a:1 --ws-url=http://b:2 --ws-url http://c:3")
+                .unwrap();
+        assert_eq!(three.url, "http://a:1", "POSTs still go to --url");
+        assert_eq!(three.ws_bases(), ["http://a:1", "http://b:2", "http://c:3"]);
+        let nodes: Vec<usize> = (0..7).map(|c| three.node_of(c)).collect();
+        assert_eq!(nodes, [0, 1, 2, 0, 1, 2, 0]);
+    }
+
+    #[test]
+    fn listen_only_needs_a_run_id_of_letters_and_digits() {
+        let parse = |argv: &str| Args::parse(argv.split(' ').map(String::from));
+        let listener = parse("--listen-only --run-id c1x42 --events 30").unwrap();
+        assert!(listener.listen_only);
+        assert_eq!(listener.run_id.as_deref(), Some("c1x42"));
+        assert_eq!(listener.mode(), "listen-only");
+        assert!(parse("--listen-only").is_err());
+        let poster = parse("--run-id c1x42").unwrap();
+        assert!(!poster.listen_only);
+        assert_eq!(poster.mode(), "interval");
+        for bad in ["a-b", "lg_1", "", &"x".repeat(33)] {
+            assert!(parse(&format!("--run-id={bad}")).is_err(), "{bad:?}");
+        }
     }
 }

@@ -3,14 +3,16 @@
 //! retries, the reading clients, and the slow clients that never read.
 
 use crate::args::{Args, Target};
+use crate::clock::Clock;
+use crate::products::sent_stamp;
 use crate::report::keep_error;
-use crate::stats::UNSET;
+use crate::stats::{Sent, UNSET};
 use futures_util::StreamExt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -36,7 +38,7 @@ type Ws = WebSocketStream<TcpStream>;
 /// State shared by the client tasks and the coordinator. Client tasks write
 /// their own row of `recv` only, so plain relaxed atomics suffice.
 pub(crate) struct Shared {
-    pub(crate) epoch: Instant,
+    pub(crate) clock: Clock,
     events: usize,
     /// Clients `0..recipients` should receive every event, the others none.
     recipients: usize,
@@ -44,8 +46,13 @@ pub(crate) struct Shared {
     /// in an event frame contains it, so finding it identifies the event
     /// without parsing the JSON.
     slug_prefix: String,
-    /// Row-major `recipients × events` receive instants (µs since `epoch`) or [`UNSET`].
+    /// Row-major `recipients × events` receive instants (µs since `clock`'s
+    /// epoch) or [`UNSET`].
     pub(crate) recv: Box<[AtomicU32]>,
+    /// Per event, the send time (µs since the UNIX epoch) the POSTing
+    /// loadgen wrote in it, read from the first frame of it that arrives; 0
+    /// until then. A listen-only run, which POSTs nothing, has no other.
+    stamps: Box<[AtomicU64]>,
     pub(crate) received: AtomicU64,
     pub(crate) duplicates: AtomicU64,
     pub(crate) out_of_order: AtomicU64,
@@ -87,13 +94,14 @@ impl Shared {
     /// Fresh state for `recipients` of `events` events of run `run_id`.
     pub(crate) fn new(run_id: &str, recipients: usize, events: usize) -> Shared {
         Shared {
-            epoch: Instant::now(),
+            clock: Clock::start(),
             events,
             recipients,
             slug_prefix: format!("lg-{run_id}-"),
             recv: (0..recipients * events)
                 .map(|_| AtomicU32::new(UNSET))
                 .collect(),
+            stamps: (0..events).map(|_| AtomicU64::new(0)).collect(),
             received: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
             out_of_order: AtomicU64::new(0),
@@ -106,8 +114,18 @@ impl Shared {
     }
 
     pub(crate) fn now_us(&self) -> u32 {
-        // Saturating: a run longer than 71 minutes just stops advancing.
-        u32::try_from(self.epoch.elapsed().as_micros()).unwrap_or(UNSET - 1)
+        self.clock.now_us()
+    }
+
+    /// When each event was sent, as far as its frames said.
+    pub(crate) fn stamped_sends(&self) -> Vec<Sent> {
+        self.stamps
+            .iter()
+            .map(|s| match s.load(Relaxed) {
+                0 => Sent::Unknown,
+                unix_us => Sent::At(self.clock.instant_of(unix_us)),
+            })
+            .collect()
     }
 
     /// Index of the event of this run that `text` announces.
@@ -129,6 +147,13 @@ impl Shared {
             return;
         };
         let now = self.now_us();
+        // Every frame of an event carries the same stamp: read the first.
+        let stamp = &self.stamps[event];
+        if stamp.load(Relaxed) == 0 {
+            if let Some(unix_us) = sent_stamp(text) {
+                stamp.store(unix_us, Relaxed);
+            }
+        }
         let slot = &self.recv[client * self.events + event];
         if slot.load(Relaxed) != UNSET {
             self.duplicates.fetch_add(1, Relaxed);
@@ -297,17 +322,19 @@ pub(crate) async fn reader(
     }
 }
 
-/// Opens the clients that never read; returns the open ones and the failure count.
+/// Opens the clients that never read, spread over the `nodes` as the
+/// readers are; returns the open ones and the failure count.
 pub(crate) async fn open_slow_clients(
     args: &Args,
-    target: &Arc<Target>,
+    nodes: &[Arc<Target>],
     shared: &Arc<Shared>,
 ) -> (Vec<Ws>, u64) {
     let gate = Arc::new(Semaphore::new(args.connect_concurrency));
     let mut set = JoinSet::new();
     for k in 0..args.slow_clients {
-        let (target, shared, gate) = (target.clone(), shared.clone(), gate.clone());
         let (index, spread, rcvbuf) = (args.clients + k, args.source_ips, args.slow_rcvbuf);
+        let target = nodes[args.node_of(index)].clone();
+        let (shared, gate) = (shared.clone(), gate.clone());
         set.spawn(async move {
             let _permit = gate.acquire_owned().await.expect("semaphore never closed");
             let counters = &shared.connect;
@@ -371,6 +398,11 @@ mod tests {
         let s = shared(30, 1);
         let frame = r#"{"type":"new_product","product":{"_id":"1","slug":"lg-abc-12","name":"Loadgen abc #12"}}"#;
         assert_eq!(s.event_index(frame), Some(12));
+        // Nodes of a cluster append the event's log id as the last field.
+        let numbered = r#"{"type":"new_product","product":{"_id":"1","slug":"lg-abc-12","name":"Loadgen abc #12"},"id":"42"}"#;
+        assert_eq!(s.event_index(numbered), Some(12));
+        let id_first = r#"{"id":"7","type":"new_product","product":{"slug":"lg-abc-3"}}"#;
+        assert_eq!(s.event_index(id_first), Some(3));
         assert_eq!(s.event_index(r#"{"slug": "lg-abc-7"}"#), Some(7));
         assert_eq!(
             s.event_index(r#"{"slug":"lg-abc-30"}"#),
@@ -396,5 +428,23 @@ mod tests {
         assert_eq!(s.foreign.load(Relaxed), 1);
         assert_ne!(s.recv[0].load(Relaxed), UNSET);
         assert_eq!(s.recv[3].load(Relaxed), UNSET, "client 1 untouched");
+    }
+
+    #[test]
+    fn send_times_come_from_the_events() {
+        let s = shared(3, 2);
+        let sent_at = s.clock.unix_us(1000);
+        let frame = |i: usize, stamp: u64| {
+            format!(r#"{{"slug":"lg-abc-{i}","description":"event {i}; sent at {stamp} (µs)"}}"#)
+        };
+        let (mut last0, mut last1) = (None, None);
+        s.record(0, &frame(0, sent_at), &mut last0);
+        // Only the first frame of an event is read for its stamp.
+        s.record(1, &frame(0, sent_at + 500), &mut last1);
+        s.record(1, r#"{"slug":"lg-abc-1"}"#, &mut last1);
+        assert_eq!(
+            s.stamped_sends(),
+            [Sent::At(1000), Sent::Unknown, Sent::Unknown]
+        );
     }
 }

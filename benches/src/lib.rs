@@ -10,7 +10,10 @@
 //! - [`run`]: one run, phase by phase, and the runtime it runs on.
 //! - `clients`: the WebSocket clients, reading and slow, their source
 //!   addresses and retries, and the receive table they share.
-//! - `products`: the admin token and the POSTs that create the events.
+//! - `clock`: the run's epoch, on the monotonic clock and on the realtime
+//!   clock that the loadgen processes of one run share.
+//! - `products`: the admin token and the POSTs that create the events,
+//!   each saying when it was sent.
 //! - [`report`]: the report, the pass/fail verdict, the table and the JSON.
 //! - [`stats`]: statistics over the per-client receive table.
 //! - [`procfs`]: a process's memory figures from `/proc`, and its CPU time.
@@ -22,6 +25,7 @@
 
 pub mod args;
 mod clients;
+mod clock;
 pub mod procfs;
 mod products;
 pub mod report;

@@ -71,13 +71,13 @@ pub fn parse_netstat(text: &str, prefix: &str, name: &str) -> Option<u64> {
 }
 
 /// Bytes the kernel holds in the send queues of established TCP sockets whose
-/// local port is `port` (the server's side of its connections), from
-/// `/proc/net/tcp` and `/proc/net/tcp6`. RSS does not show this memory.
-pub fn send_queues(port: u16) -> io::Result<SendQueues> {
+/// local port is one of `ports` (the servers' side of their connections),
+/// from `/proc/net/tcp` and `/proc/net/tcp6`. RSS does not show this memory.
+pub fn send_queues(ports: &[u16]) -> io::Result<SendQueues> {
     let mut total = SendQueues::default();
     for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
         match fs::read_to_string(file) {
-            Ok(text) => total.add(&parse_send_queues(&text, port)),
+            Ok(text) => total.add(&parse_send_queues(&text, ports)),
             // A kernel without IPv6 has no tcp6.
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
@@ -105,10 +105,11 @@ impl SendQueues {
     }
 }
 
-/// Sums `tx_queue` over the established sockets with local port `port` in
-/// `/proc/net/tcp`-style text (hex fields: `local_address` is `ADDR:PORT`,
-/// `st` 01 is ESTABLISHED, the fifth column is `tx_queue:rx_queue`).
-pub fn parse_send_queues(text: &str, port: u16) -> SendQueues {
+/// Sums `tx_queue` over the established sockets with a local port among
+/// `ports` in `/proc/net/tcp`-style text (hex fields: `local_address` is
+/// `ADDR:PORT`, `st` 01 is ESTABLISHED, the fifth column is
+/// `tx_queue:rx_queue`).
+pub fn parse_send_queues(text: &str, ports: &[u16]) -> SendQueues {
     let mut q = SendQueues::default();
     for line in text.lines().skip(1) {
         let mut fields = line.split_whitespace().skip(1);
@@ -121,7 +122,7 @@ pub fn parse_send_queues(text: &str, port: u16) -> SendQueues {
             .rsplit(':')
             .next()
             .and_then(|p| u16::from_str_radix(p, 16).ok());
-        if local_port != Some(port) || state != "01" {
+        if !local_port.is_some_and(|p| ports.contains(&p)) || state != "01" {
             continue;
         }
         let tx = queues
@@ -193,10 +194,18 @@ mod tests {
             3: 0100007F:13F1 0300007F:B3A4 01 00000000:00000000 00:00000000\n\
             4: 0200007F:B3A0 0100007F:13F1 01 00000999:00000000 00:00000000\n";
         assert_eq!(
-            parse_send_queues(text, 0x13F1),
+            parse_send_queues(text, &[0x13F1]),
             SendQueues {
                 sockets: 2,
                 bytes: 0x1400,
+                max_bytes: 0x1000
+            }
+        );
+        assert_eq!(
+            parse_send_queues(text, &[0x13F1, 0xB3A0]),
+            SendQueues {
+                sockets: 3,
+                bytes: 0x1D99,
                 max_bytes: 0x1000
             }
         );

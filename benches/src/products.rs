@@ -2,10 +2,15 @@
 //! minting the admin token, and POSTing one product per event to
 //! `/api/v1/products` on a thread of its own; or, against the rooms example,
 //! POSTing the same product fields to a channel or to everyone.
+//!
+//! Each product says when its POST was sent, in microseconds since the UNIX
+//! epoch: a `--listen-only` loadgen, which POSTs nothing, measures latency
+//! from that (see [`sent_stamp`]).
 
 use crate::args::{Args, Server, Target};
+use crate::clock::Clock;
 use crate::report::keep_error;
-use crate::stats::UNSET;
+use crate::stats::Sent;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use std::time::{Duration, Instant, SystemTime};
@@ -32,19 +37,26 @@ pub(crate) fn mint_token(secret: &str) -> Result<String, String> {
     .map_err(|e| format!("cannot mint token: {e}"))
 }
 
+/// Precedes the send time in a product's description.
+const SENT_MARKER: &str = "; sent at ";
+
 /// What the POSTing thread hands back.
 pub(crate) struct PostResults {
-    /// Per event: instant (µs since epoch) its POST was sent, if it answered 201.
-    pub(crate) sent: Vec<Option<u32>>,
+    /// Per event: when its POST was sent, unless it failed.
+    pub(crate) sent: Vec<Sent>,
     pub(crate) errors: Vec<String>,
     /// Instant the last POST answered.
     pub(crate) finished: Instant,
 }
 
-/// The product fields for event `index` of run `run`; slug and name are
-/// unique per run so servers that reject duplicates accept them all.
-fn product_body(run: &str, index: usize, description_bytes: usize) -> String {
-    let mut description = format!("Created by the load generator, event {index}.");
+/// The product fields for event `index` of run `run`, sent at `sent_unix_us`;
+/// slug and name are unique per run so servers that reject duplicates accept
+/// them all.
+fn product_body(run: &str, index: usize, sent_unix_us: u64, description_bytes: usize) -> String {
+    let mut description = format!(
+        "Created by the load generator, event {index}{SENT_MARKER}{sent_unix_us} \
+         (microseconds since the UNIX epoch)."
+    );
     if description.len() < description_bytes {
         description.extend(std::iter::repeat_n(
             'x',
@@ -60,6 +72,15 @@ fn product_body(run: &str, index: usize, description_bytes: usize) -> String {
         "image": "/images/loadgen.png",
     })
     .to_string()
+}
+
+/// The send time written in an event's product (see [`product_body`]), in
+/// µs since the UNIX epoch.
+pub(crate) fn sent_stamp(frame: &str) -> Option<u64> {
+    let start = frame.find(SENT_MARKER)? + SENT_MARKER.len();
+    let digits = &frame[start..];
+    let end = digits.bytes().position(|b| !b.is_ascii_digit())?;
+    digits[..end].parse().ok()
 }
 
 type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
@@ -81,20 +102,30 @@ async fn http_connect(target: &Target) -> Result<Sender, String> {
 struct Post<'a> {
     target: &'a Target,
     path: String,
+    /// The run id, part of every product's slug and name.
+    run: &'a str,
+    description_bytes: usize,
     /// The admin token ocha-server wants; the rooms example wants none.
     token: Option<&'a str>,
     /// The answer that means the event was published.
     published: hyper::StatusCode,
 }
 
-/// Sends one POST; returns the instant it was sent if the server answered
-/// that it published the event.
+/// Sends the POST creating event `index`; returns the instant it was sent
+/// if the server answered that it published the event.
 async fn post_one(
     sender: &mut Sender,
     post: &Post<'_>,
-    body: String,
-    epoch: Instant,
+    index: usize,
+    clock: &Clock,
 ) -> Result<u32, String> {
+    sender
+        .ready()
+        .await
+        .map_err(|e| format!("POST connection: {e}"))?;
+    // The body says when it is sent, so it is made at the last moment.
+    let sent = clock.now_us();
+    let body = product_body(post.run, index, clock.unix_us(sent), post.description_bytes);
     let mut request = hyper::Request::post(&post.path)
         .header("host", &post.target.authority)
         .header("content-type", "application/json");
@@ -104,11 +135,6 @@ async fn post_one(
     let request = request
         .body(Full::new(Bytes::from(body)))
         .map_err(|e| e.to_string())?;
-    sender
-        .ready()
-        .await
-        .map_err(|e| format!("POST connection: {e}"))?;
-    let sent = u32::try_from(epoch.elapsed().as_micros()).unwrap_or(UNSET - 1);
     let response = sender
         .send_request(request)
         .await
@@ -137,7 +163,7 @@ pub(crate) fn post_all(
     target: &Target,
     token: &str,
     run: &str,
-    epoch: Instant,
+    clock: &Clock,
 ) -> PostResults {
     let (token, published) = match args.server {
         Server::Ocha => (Some(token), hyper::StatusCode::CREATED),
@@ -146,6 +172,8 @@ pub(crate) fn post_all(
     let post = Post {
         target,
         path: args.post_path(),
+        run,
+        description_bytes: args.description_bytes,
         token,
         published,
     };
@@ -154,7 +182,7 @@ pub(crate) fn post_all(
         .build()
         .expect("runtime");
     runtime.block_on(async {
-        let mut sent = vec![None; args.events];
+        let mut sent = vec![Sent::Failed; args.events];
         let mut errors = Vec::new();
         let mut sender: Option<Sender> = None;
         let start = tokio::time::Instant::now();
@@ -174,9 +202,8 @@ pub(crate) fn post_all(
                 }
             }
             let sender_ref = sender.as_mut().expect("connected above");
-            let body = product_body(run, index, args.description_bytes);
-            match post_one(sender_ref, &post, body, epoch).await {
-                Ok(at) => *slot = Some(at),
+            match post_one(sender_ref, &post, index, clock).await {
+                Ok(at) => *slot = Sent::At(at),
                 Err(e) => keep_error(&mut errors, e),
             }
         }
@@ -194,8 +221,8 @@ mod tests {
 
     #[test]
     fn products_are_unique_and_complete() {
-        let a: serde_json::Value = serde_json::from_str(&product_body("r1", 0, 0)).unwrap();
-        let b: serde_json::Value = serde_json::from_str(&product_body("r1", 1, 500)).unwrap();
+        let a: serde_json::Value = serde_json::from_str(&product_body("r1", 0, 1, 0)).unwrap();
+        let b: serde_json::Value = serde_json::from_str(&product_body("r1", 1, 1, 500)).unwrap();
         for field in [
             "slug",
             "name",
@@ -209,5 +236,15 @@ mod tests {
         assert_ne!(a["slug"], b["slug"]);
         assert_ne!(a["name"], b["name"]);
         assert_eq!(b["description"].as_str().unwrap().len(), 500);
+    }
+
+    #[test]
+    fn the_send_time_reads_back_from_an_event_frame() {
+        let stamp = 1_712_345_678_901_234;
+        let body = product_body("r1", 3, stamp, 300);
+        let frame = format!(r#"{{"type":"new_product","product":{body},"id":"9"}}"#);
+        assert_eq!(sent_stamp(&frame), Some(stamp));
+        assert_eq!(sent_stamp(r#"{"slug":"lg-r1-3"}"#), None);
+        assert_eq!(sent_stamp("x; sent at 12"), None, "cut short");
     }
 }

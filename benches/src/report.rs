@@ -2,7 +2,7 @@
 //! the run passed, and its two outputs, a human-readable table and one JSON
 //! object (whose field names `benches/compare.sh` and the smoke test read).
 
-use crate::stats::DeliveryStats;
+use crate::stats::{DeliveryStats, Summary};
 use serde::Serialize;
 
 /// How many distinct error messages to keep for the report.
@@ -20,6 +20,8 @@ pub(crate) fn keep_error(errors: &mut Vec<String>, e: String) {
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub(crate) url: String,
+    /// The nodes the readers connected to, as WebSocket URLs.
+    pub(crate) ws_urls: Vec<String>,
     pub(crate) mode: &'static str,
     pub(crate) interval_ms: Option<u64>,
     pub(crate) clients: usize,
@@ -33,6 +35,9 @@ pub struct Report {
     pub(crate) posts_failed: usize,
     pub(crate) post_errors: Vec<String>,
     pub(crate) deliveries: DeliveryStats,
+    /// Each node's figures, given more than one.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) nodes: Vec<NodeReport>,
     pub(crate) duplicates: u64,
     pub(crate) out_of_order: u64,
     pub(crate) foreign_frames: u64,
@@ -65,6 +70,20 @@ pub(crate) struct ConnectReport {
     pub(crate) seconds: f64,
     pub(crate) rate_per_s: f64,
     pub(crate) errors: Vec<String>,
+}
+
+/// One node's readers, when they connected to several.
+#[derive(Debug, Serialize)]
+pub(crate) struct NodeReport {
+    pub(crate) ws_url: String,
+    /// Readers that connected to this node, or tried to.
+    pub(crate) clients: usize,
+    /// Of them, those that should receive every event.
+    pub(crate) recipients: usize,
+    /// Events that every recipient of this node received.
+    pub(crate) events_complete: usize,
+    /// Per event, time from its POST until the last recipient of this node had it.
+    pub(crate) all_clients_ms: Option<Summary>,
 }
 
 /// The server process's figures, read from `/proc` given `--server-pid`.
@@ -149,9 +168,12 @@ impl Report {
     pub fn print_table(&self) {
         let mode = match self.interval_ms {
             Some(ms) => format!("interval {ms} ms"),
-            None => "back-to-back".into(),
+            None => self.mode.into(),
         };
         println!("loadgen run {} against {} ({mode})", self.run_id, self.url);
+        if self.ws_urls.len() > 1 {
+            println!("  nodes            {}", self.ws_urls.join(" "));
+        }
         println!(
             "  publish          POST {}, for {} of the {} readers",
             self.post_path, self.recipients, self.clients
@@ -191,6 +213,19 @@ impl Report {
             ms(d.all_clients_ms.map(|s| s.p99)),
             ms(d.all_clients_ms.map(|s| s.max))
         );
+        for n in &self.nodes {
+            println!(
+                "  node {}: all {} of {} have {}/{} events: p50 {}, p99 {}, max {}",
+                n.ws_url,
+                n.recipients,
+                n.clients,
+                n.events_complete,
+                self.events,
+                ms(n.all_clients_ms.map(|s| s.p50)),
+                ms(n.all_clients_ms.map(|s| s.p99)),
+                ms(n.all_clients_ms.map(|s| s.max))
+            );
+        }
         println!(
             "  throughput       {} deliveries/s",
             d.deliveries_per_s.map_or("-".into(), |v| format!("{v:.0}"))

@@ -6,13 +6,19 @@
 //! readers are recipients (with `--broadcast`, all are): the receive table
 //! has a row per recipient, and the other readers only count what they
 //! receive, which should be nothing.
+//!
+//! With several `--ws-url` nodes, reader `i` connects to node `i mod n`,
+//! and the report adds each node's time until all its clients have an
+//! event. A `--listen-only` run skips the POSTs and waits for the events of
+//! another loadgen with the same `--run-id`, which say when they were sent.
 
 use crate::args::{Args, Target};
 use crate::clients::{open_slow_clients, probe_slow, reader, Shared, SlowFate, ATTEMPT_TIMEOUT};
 use crate::procfs;
 use crate::products::{mint_token, post_all};
-use crate::report::{failures, ConnectReport, Report, ServerReport, SlowReport};
-use crate::stats;
+use crate::report::{failures, ConnectReport, NodeReport, Report, ServerReport, SlowReport};
+use crate::stats::{self, Sent, Summary};
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -47,38 +53,58 @@ pub fn runtime(args: &Args) -> std::io::Result<Runtime> {
 /// by one takes a while, so the binary leaves them to the process exit.
 pub async fn run(args: Args) -> Result<Report, String> {
     let target = Arc::new(Target::from_url(&args.url)?);
+    let nodes = args
+        .ws_bases()
+        .into_iter()
+        .map(|url| Target::from_url(url).map(Arc::new))
+        .collect::<Result<Vec<_>, _>>()?;
+    // Minted before thousands of clients connect, so a bad secret fails
+    // at once. A listen-only run sends none.
     let token = match &args.token {
+        _ if args.listen_only => String::new(),
         Some(t) => t.clone(),
         None => mint_token(&args.jwt_secret)?,
     };
-    let nanos = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_err(|e| e.to_string())?
-        .as_nanos();
-    let run_id = format!(
-        "{:08x}",
-        (nanos as u32) ^ std::process::id().rotate_left(16)
-    );
+    let run_id = match &args.run_id {
+        Some(id) => id.clone(),
+        None => {
+            let nanos = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_err(|e| e.to_string())?
+                .as_nanos();
+            format!(
+                "{:08x}",
+                (nanos as u32) ^ std::process::id().rotate_left(16)
+            )
+        }
+    };
     let pid = args.server_pid;
     let mut probe = ServerProbe { pid, error: None };
 
     let recipients = args.recipients();
     let shared = Arc::new(Shared::new(&run_id, recipients, args.events));
-    let epoch = shared.epoch;
+    let clock = shared.clock;
 
     // Fail fast when nothing listens, instead of retrying every client.
-    match timeout(ATTEMPT_TIMEOUT, TcpStream::connect(target.addr)).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => return Err(format!("cannot connect to {}: {e}", target.addr)),
-        Err(_) => return Err(format!("cannot connect to {}: timed out", target.addr)),
+    for node in &nodes {
+        reachable(node.addr).await?;
+    }
+    if !args.listen_only {
+        reachable(target.addr).await?;
     }
 
     // Connect phase.
     let baseline = probe.memory();
+    let ws_urls: Vec<String> = nodes.iter().map(|n| n.ws_url("/")).collect();
+    let poster = if args.listen_only {
+        "another loadgen POSTs"
+    } else {
+        "we POST"
+    };
     eprintln!(
-        "loadgen {run_id}: connecting {} clients to {} ({} mode), events to POST {} for {recipients} of them",
+        "loadgen {run_id}: connecting {} clients to {} ({} mode), events {poster} to {} for {recipients} of them",
         args.clients,
-        target.ws_url("/"),
+        ws_urls.join(" "),
         args.mode(),
         args.post_path(),
     );
@@ -86,10 +112,11 @@ pub async fn run(args: Args) -> Result<Report, String> {
     let gate = Arc::new(Semaphore::new(args.connect_concurrency));
     let connect_start = shared.now_us();
     for client in 0..args.clients {
+        let node = &nodes[args.node_of(client)];
         tokio::spawn(reader(
             shared.clone(),
-            target.clone(),
-            target.ws_url(&args.client_path(client)),
+            node.clone(),
+            node.ws_url(&args.client_path(client)),
             args.expects_welcome(),
             client,
             args.source_ips,
@@ -113,32 +140,50 @@ pub async fn run(args: Args) -> Result<Report, String> {
     sleep(Duration::from_millis(args.settle_ms)).await;
     let after_connect = probe.memory();
 
-    let (slow_clients, slow_failed) = open_slow_clients(&args, &target, &shared).await;
+    let (slow_clients, slow_failed) = open_slow_clients(&args, &nodes, &shared).await;
 
     // Event phase.
     let cpu_before = probe.cpu();
     let self_cpu_before = procfs::cpu_time(None).ok();
-    let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
-    {
-        let (args, target, token, run_id) =
-            (args.clone(), target.clone(), token.clone(), run_id.clone());
-        std::thread::spawn(move || {
-            let results = post_all(&args, &target, &token, &run_id, epoch);
-            let _ = done_tx.send(results);
-        });
-    }
-    let posts = loop {
-        if let Ok(posts) = done_rx.try_recv() {
-            break posts;
+    let (sent, post_errors) = if args.listen_only {
+        // The line another process may wait for before it POSTs.
+        eprintln!("loadgen {run_id}: listening for {} events", args.events);
+        let wanted = args.events as u64 * c.ok_recipients.load(Relaxed);
+        let idle = Duration::from_secs(args.timeout_s);
+        let (mut received, mut since) = (0, Instant::now());
+        while received < wanted && since.elapsed() < idle {
+            sleep(Duration::from_millis(2)).await;
+            let now = shared.received.load(Relaxed);
+            if now > received {
+                (received, since) = (now, Instant::now());
+            }
         }
-        sleep(Duration::from_millis(2)).await;
+        (shared.stamped_sends(), Vec::new())
+    } else {
+        let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
+        {
+            let (args, target, token, run_id) =
+                (args.clone(), target.clone(), token.clone(), run_id.clone());
+            std::thread::spawn(move || {
+                let results = post_all(&args, &target, &token, &run_id, &clock);
+                let _ = done_tx.send(results);
+            });
+        }
+        let posts = loop {
+            if let Ok(posts) = done_rx.try_recv() {
+                break posts;
+            }
+            sleep(Duration::from_millis(2)).await;
+        };
+        let created = posts.sent.iter().filter(|s| **s != Sent::Failed).count();
+        let wanted = created as u64 * c.ok_recipients.load(Relaxed);
+        let deadline = posts.finished + Duration::from_secs(args.timeout_s);
+        while shared.received.load(Relaxed) < wanted && Instant::now() < deadline {
+            sleep(Duration::from_millis(2)).await;
+        }
+        (posts.sent, posts.errors)
     };
-    let created = posts.sent.iter().flatten().count() as u64;
-    let wanted = created * c.ok_recipients.load(Relaxed);
-    let deadline = posts.finished + Duration::from_secs(args.timeout_s);
-    while shared.received.load(Relaxed) < wanted && Instant::now() < deadline {
-        sleep(Duration::from_millis(2)).await;
-    }
+    let created = sent.iter().filter(|s| **s != Sent::Failed).count();
     let cpu_after = probe.cpu();
     let self_cpu_after = procfs::cpu_time(None).ok();
     let end_memory = probe.memory();
@@ -148,10 +193,33 @@ pub async fn run(args: Args) -> Result<Report, String> {
     shared.stopping.store(true, Relaxed);
 
     let recv: Vec<u32> = shared.recv.iter().map(|a| a.load(Relaxed)).collect();
-    let deliveries = stats::analyze(&recv, &posts.sent);
+    let deliveries = stats::analyze(&recv, &sent);
+    let node_reports = if nodes.len() > 1 {
+        nodes
+            .iter()
+            .enumerate()
+            .map(|(node, target)| {
+                let mut complete: Vec<u32> =
+                    stats::all_have(&recv, &sent, (node..recipients).step_by(nodes.len()))
+                        .into_iter()
+                        .flatten()
+                        .collect();
+                NodeReport {
+                    ws_url: target.ws_url("/"),
+                    clients: (node..args.clients).step_by(nodes.len()).len(),
+                    recipients: (node..recipients).step_by(nodes.len()).len(),
+                    events_complete: complete.len(),
+                    all_clients_ms: Summary::from_micros(&mut complete),
+                }
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
 
     let slow = if args.slow_clients > 0 {
-        let queues = procfs::send_queues(target.addr.port()).ok();
+        let ports: Vec<u16> = nodes.iter().map(|n| n.addr.port()).collect();
+        let queues = procfs::send_queues(&ports).ok();
         let mut set = JoinSet::new();
         for ws in slow_clients {
             set.spawn(probe_slow(ws));
@@ -197,7 +265,7 @@ pub async fn run(args: Args) -> Result<Report, String> {
                 rss_peak_kib: end.peak_kib,
                 cpu_ms: cpu.as_secs_f64() * 1e3,
                 cpu_us_per_delivery: cpu_us_per(cpu, deliveries.received),
-                cpu_us_per_publish: cpu_us_per(cpu, created),
+                cpu_us_per_publish: cpu_us_per(cpu, created as u64),
             })
         }
         _ => None,
@@ -210,8 +278,9 @@ pub async fn run(args: Args) -> Result<Report, String> {
     let c = &shared.connect;
     let mut report = Report {
         url: args.url.clone(),
+        ws_urls,
         mode: args.mode(),
-        interval_ms: (!args.back_to_back).then_some(args.interval_ms),
+        interval_ms: (!args.back_to_back && !args.listen_only).then_some(args.interval_ms),
         clients: args.clients,
         events: args.events,
         run_id,
@@ -231,9 +300,10 @@ pub async fn run(args: Args) -> Result<Report, String> {
             },
             errors: c.errors.lock().unwrap().clone(),
         },
-        posts_failed: args.events - created as usize,
-        post_errors: posts.errors,
+        posts_failed: args.events - created,
+        post_errors,
         deliveries,
+        nodes: node_reports,
         duplicates: shared.duplicates.load(Relaxed),
         out_of_order: shared.out_of_order.load(Relaxed),
         foreign_frames: shared.foreign.load(Relaxed),
@@ -244,13 +314,22 @@ pub async fn run(args: Args) -> Result<Report, String> {
         loadgen_cpu_us_per_delivery: loadgen_cpu,
         loadgen_peak_rss_kib: procfs::memory(None).ok().map(|m| m.peak_kib),
         slow,
-        elapsed_s: epoch.elapsed().as_secs_f64(),
+        elapsed_s: clock.elapsed().as_secs_f64(),
         failures: Vec::new(),
         ok: false,
     };
     report.failures = failures(&report);
     report.ok = report.failures.is_empty();
     Ok(report)
+}
+
+/// Fails unless something accepts connections at `addr`.
+async fn reachable(addr: SocketAddr) -> Result<(), String> {
+    match timeout(ATTEMPT_TIMEOUT, TcpStream::connect(addr)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(format!("cannot connect to {addr}: {e}")),
+        Err(_) => Err(format!("cannot connect to {addr}: timed out")),
+    }
 }
 
 /// Samples the server process's figures. A failed read (the server died) is

@@ -46,12 +46,25 @@ impl Summary {
     }
 }
 
+/// When the event of a column of the receive matrix was sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    /// Its POST was sent at this instant.
+    At(u32),
+    /// Its POST failed: no client should have it, and its column is ignored.
+    Failed,
+    /// Expected, but when it was sent is unknown: a listen-only run learns
+    /// that from the event itself, and none of its clients had this one.
+    /// Its deliveries count; their latency cannot.
+    Unknown,
+}
+
 /// What the receive matrix says about one run.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DeliveryStats {
-    /// Clients × successfully created events.
+    /// Clients × expected events (those not [`Sent::Failed`]).
     pub expected: u64,
-    /// Deliveries of successfully created events that arrived.
+    /// Deliveries of expected events that arrived.
     pub received: u64,
     /// `expected - received`.
     pub lost: u64,
@@ -60,8 +73,17 @@ pub struct DeliveryStats {
     /// Per event, time from its POST until the last client had it; only over
     /// events every client received (an incomplete event has no such time).
     pub all_clients_ms: Option<Summary>,
+    /// The same per event, in event order: `null` where incomplete (or sent
+    /// at an unknown time). The runs of several loadgen processes on one
+    /// cluster merge by taking, per event, the largest.
+    pub all_clients_per_event_ms: Vec<Option<f64>>,
     /// Events that every client received.
     pub events_complete: usize,
+    /// The latencies of `latency_ms`, rounded down to three significant
+    /// digits (in µs), as ascending `[latency, count]` pairs: enough to
+    /// merge runs of several processes into exact percentiles, so rounded,
+    /// and a few thousand pairs at most.
+    pub latency_histogram_us: Vec<(u32, u64)>,
     /// `received` / (last receive instant − first POST instant).
     pub deliveries_per_s: Option<f64>,
 }
@@ -69,48 +91,45 @@ pub struct DeliveryStats {
 /// Computes delivery statistics.
 ///
 /// `recv` is row-major, one row of `sent.len()` slots per client, each the
-/// receive instant or [`UNSET`]. `sent[e]` is the instant the POST creating
-/// event `e` was sent, or [`None`] if that POST failed (its slots are ignored).
-pub fn analyze(recv: &[u32], sent: &[Option<u32>]) -> DeliveryStats {
+/// receive instant or [`UNSET`]; `sent[e]` says when event `e` was sent.
+pub fn analyze(recv: &[u32], sent: &[Sent]) -> DeliveryStats {
     let events = sent.len();
     let clients = recv.len().checked_div(events).unwrap_or(0);
-    let created = sent.iter().flatten().count() as u64;
+    let created = sent.iter().filter(|s| **s != Sent::Failed).count() as u64;
     let expected = clients as u64 * created;
 
     let mut latencies = Vec::with_capacity(expected as usize);
-    // Per event: latest receive instant, and how many clients got it.
-    let mut last = vec![0u32; events];
-    let mut count = vec![0usize; events];
+    let mut received = 0;
+    let mut last_recv = None;
     if events > 0 {
         for row in recv.chunks_exact(events) {
-            for (e, (&at, sent)) in row.iter().zip(sent).enumerate() {
-                let Some(sent) = *sent else { continue };
+            for (&at, sent) in row.iter().zip(sent) {
                 if at == UNSET {
                     continue;
                 }
-                latencies.push(at.saturating_sub(sent));
-                last[e] = last[e].max(at);
-                count[e] += 1;
+                match *sent {
+                    Sent::Failed => continue,
+                    Sent::Unknown => {}
+                    Sent::At(sent) => {
+                        latencies.push(at.saturating_sub(sent));
+                        last_recv = last_recv.max(Some(at));
+                    }
+                }
+                received += 1;
             }
         }
     }
-    let received = latencies.len() as u64;
 
-    let mut all_clients: Vec<u32> = (0..events)
-        .filter_map(|e| {
-            let sent = sent[e]?;
-            (clients > 0 && count[e] == clients).then(|| last[e].saturating_sub(sent))
-        })
-        .collect();
-    let events_complete = all_clients.len();
+    let all_clients = all_have(recv, sent, 0..clients);
+    let mut complete: Vec<u32> = all_clients.iter().flatten().copied().collect();
 
-    let first_sent = sent.iter().flatten().min().copied();
-    let last_recv = last
+    let first_sent = sent
         .iter()
-        .zip(&count)
-        .filter(|(_, &c)| c > 0)
-        .map(|(&l, _)| l)
-        .max();
+        .filter_map(|s| match s {
+            Sent::At(at) => Some(*at),
+            _ => None,
+        })
+        .min();
     let deliveries_per_s = match (first_sent, last_recv) {
         (Some(first), Some(last)) if last > first => {
             Some(received as f64 / (f64::from(last - first) / 1e6))
@@ -118,15 +137,75 @@ pub fn analyze(recv: &[u32], sent: &[Option<u32>]) -> DeliveryStats {
         _ => None,
     };
 
+    let latency_ms = Summary::from_micros(&mut latencies);
     DeliveryStats {
         expected,
         received,
         lost: expected - received,
-        latency_ms: Summary::from_micros(&mut latencies),
-        all_clients_ms: Summary::from_micros(&mut all_clients),
-        events_complete,
+        latency_ms,
+        all_clients_ms: Summary::from_micros(&mut complete),
+        all_clients_per_event_ms: all_clients
+            .iter()
+            .map(|t| t.map(|us| f64::from(us) / 1000.0))
+            .collect(),
+        events_complete: complete.len(),
+        latency_histogram_us: histogram(&latencies),
         deliveries_per_s,
     }
+}
+
+/// Per event, the time (µs) from its sending until the last of clients
+/// `rows` had it: [`None`] where one of them never did, where its send
+/// time is unknown or its POST failed, and for no rows at all.
+///
+/// `recv` and `sent` are as for [`analyze`].
+pub fn all_have(
+    recv: &[u32],
+    sent: &[Sent],
+    rows: impl Iterator<Item = usize>,
+) -> Vec<Option<u32>> {
+    let events = sent.len();
+    // Per event, the latest receive instant so far, or None once a client lacks it.
+    let mut last = vec![Some(0u32); events];
+    let mut any = false;
+    for row in rows {
+        any = true;
+        for (l, &at) in last.iter_mut().zip(&recv[row * events..][..events]) {
+            *l = l.filter(|_| at != UNSET).map(|l| l.max(at));
+        }
+    }
+    last.into_iter()
+        .zip(sent)
+        .map(|(last, sent)| match sent {
+            Sent::At(sent) if any => last.map(|l| l.saturating_sub(*sent)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Rounds `us` down to three significant digits: 1234 to 1230, 98765 to
+/// 98700. Monotonic, so a percentile of rounded values is the rounded
+/// percentile.
+pub fn round3(us: u32) -> u32 {
+    let mut unit = 1;
+    while us / unit >= 1000 {
+        unit *= 10;
+    }
+    us / unit * unit
+}
+
+/// Counts ascending `sorted` values by [`round3`], as ascending
+/// `(value, count)` pairs.
+pub fn histogram(sorted: &[u32]) -> Vec<(u32, u64)> {
+    let mut pairs: Vec<(u32, u64)> = Vec::new();
+    for &v in sorted {
+        let v = round3(v);
+        match pairs.last_mut() {
+            Some((last, count)) if *last == v => *count += 1,
+            _ => pairs.push((v, 1)),
+        }
+    }
+    pairs
 }
 
 #[cfg(test)]
@@ -164,11 +243,18 @@ mod tests {
             1300, 5100, //
             1200, UNSET,
         ];
-        let s = analyze(&recv, &[Some(1000), Some(5000)]);
+        let sent = [Sent::At(1000), Sent::At(5000)];
+        let s = analyze(&recv, &sent);
         assert_eq!((s.expected, s.received, s.lost), (6, 5, 1));
         assert_eq!(s.events_complete, 1);
         let all = s.all_clients_ms.unwrap();
         assert_eq!(all.max, 0.3); // event 0: last client at 1300
+        assert_eq!(s.all_clients_per_event_ms, [Some(0.3), None]);
+        assert_eq!(s.latency_histogram_us, [(100, 2), (200, 2), (300, 1)]);
+        // Clients 0 and 1, as the clients of one node, have both events.
+        assert_eq!(all_have(&recv, &sent, 0..2), [Some(300), Some(200)]);
+        assert_eq!(all_have(&recv, &sent, [2].into_iter()), [Some(200), None]);
+        assert_eq!(all_have(&recv, &sent, 0..0), [None, None]);
         let lat = s.latency_ms.unwrap();
         assert_eq!((lat.p50, lat.max), (0.2, 0.3)); // 100,100,200,200,300
                                                     // 5 deliveries between the first POST (1000) and the last receive (5200).
@@ -179,14 +265,40 @@ mod tests {
     #[test]
     fn analyze_ignores_failed_posts() {
         let recv = [1100, 9999, 1200, UNSET];
-        let s = analyze(&recv, &[Some(1000), None]);
+        let s = analyze(&recv, &[Sent::At(1000), Sent::Failed]);
         assert_eq!((s.expected, s.received, s.lost), (2, 2, 0));
         assert_eq!(s.events_complete, 1);
+        assert_eq!(s.all_clients_per_event_ms, [Some(0.2), None]);
+    }
+
+    #[test]
+    fn analyze_counts_events_sent_at_unknown_times() {
+        // A listen-only run: event 1 reached client 0 without a send time,
+        // and event 2 reached nobody, so nobody could tell when it was sent.
+        let recv = [1100, 1500, UNSET, 1200, UNSET, UNSET];
+        let s = analyze(&recv, &[Sent::At(1000), Sent::Unknown, Sent::Unknown]);
+        assert_eq!((s.expected, s.received, s.lost), (6, 3, 3));
+        assert_eq!(s.latency_ms.unwrap().max, 0.2, "event 0 only");
+        assert_eq!(s.all_clients_per_event_ms, [Some(0.2), None, None]);
+    }
+
+    #[test]
+    fn histogram_rounds_to_three_significant_digits() {
+        assert_eq!(
+            [0, 999, 1000, 1234, 98_765, 1_234_567].map(round3),
+            [0, 999, 1000, 1230, 98_700, 1_230_000]
+        );
+        assert_eq!(round3(u32::MAX), 4_290_000_000);
+        let mut v = vec![1234, 5, 1239, 1240, 5];
+        v.sort_unstable();
+        assert_eq!(histogram(&v), [(5, 2), (1230, 2), (1240, 1)]);
+        assert_eq!(histogram(&[]), []);
     }
 
     #[test]
     fn analyze_handles_an_empty_run() {
         let s = analyze(&[], &[]);
+        assert!(s.all_clients_per_event_ms.is_empty());
         assert_eq!((s.expected, s.received, s.lost), (0, 0, 0));
         assert_eq!(s.latency_ms, None);
         assert_eq!(s.deliveries_per_s, None);

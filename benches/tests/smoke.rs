@@ -5,6 +5,10 @@
 //! The servers run in this process on 127.0.0.1: the real server through
 //! `server::run` with an in-memory database (issue 4), and a rooms-like
 //! server for the channel mode. `loadgen` is the real binary, run as a child.
+//!
+//! Two listeners serving one app stand for two nodes of a cluster: to the
+//! load generator, which only sees where its clients connect and where it
+//! POSTs, they are one.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -12,6 +16,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -25,6 +30,7 @@ use ocha_server::config::{Database, EventSettings};
 use ocha_server::server;
 use ocha_server::store::Store;
 use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::process::Command;
 use tokio::sync::oneshot;
@@ -52,19 +58,16 @@ async fn listen() -> TcpListener {
         .expect("bind 127.0.0.1:0")
 }
 
-/// Runs the real `loadgen` binary against `addr` with `extra` options and
-/// returns its JSON report, after asserting it exited successfully.
-async fn loadgen(addr: SocketAddr, extra: &[&str]) -> Value {
-    let url = format!("http://{addr}");
-    let clients = CLIENTS.to_string();
-    let events = EVENTS.to_string();
-    let mut args = vec![
+/// The options of every smoke run: `CLIENTS` × `EVENTS` against `addr`,
+/// then `extra`.
+fn loadgen_args(addr: SocketAddr, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
         "--url",
-        &url,
+        &format!("http://{addr}"),
         "--clients",
-        &clients,
+        &CLIENTS.to_string(),
         "--events",
-        &events,
+        &EVENTS.to_string(),
         "--jwt-secret",
         SECRET,
         "--settle-ms",
@@ -72,8 +75,17 @@ async fn loadgen(addr: SocketAddr, extra: &[&str]) -> Value {
         "--interval-ms",
         "50",
         "--json",
-    ];
-    args.extend_from_slice(extra);
+    ]
+    .map(String::from)
+    .into();
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args
+}
+
+/// Runs the real `loadgen` binary against `addr` with `extra` options and
+/// returns its JSON report, after asserting it exited successfully.
+async fn loadgen(addr: SocketAddr, extra: &[&str]) -> Value {
+    let args = loadgen_args(addr, extra);
     let started = Instant::now();
     let output = tokio::time::timeout(
         RUN_LIMIT,
@@ -131,13 +143,7 @@ fn assert_nothing_lost(report: &Value, recipients: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loadgen_against_the_real_server_loses_nothing() {
-    let store = Store::open(&Database::Memory)
-        .await
-        .expect("open the database");
-    let keys = Keys::from_secret(SECRET.as_bytes());
-    let app = App::start(store, keys, Hub::default(), &EventSettings::default())
-        .await
-        .expect("start the app");
+    let app = real_app().await;
     let listener = listen().await;
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
@@ -165,6 +171,119 @@ async fn loadgen_against_the_real_server_loses_nothing() {
         .await
         .expect("server shuts down in time")
         .expect("server task does not panic");
+}
+
+/// The real server's app on an in-memory database.
+async fn real_app() -> App {
+    let store = Store::open(&Database::Memory)
+        .await
+        .expect("open the database");
+    let keys = Keys::from_secret(SECRET.as_bytes());
+    App::start(store, keys, Hub::default(), &EventSettings::default())
+        .await
+        .expect("start the app")
+}
+
+/// Serves `app` on two listeners, "nodes" of one cluster, until the
+/// returned sender is dropped or sent to.
+async fn two_nodes(app: App) -> ([SocketAddr; 2], oneshot::Sender<()>) {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let stopped = stopped.map(|_| ()).shared();
+    let mut addrs = Vec::new();
+    for _ in 0..2 {
+        let listener = listen().await;
+        addrs.push(listener.local_addr().unwrap());
+        tokio::spawn(server::run(listener, app.clone(), stopped.clone()));
+    }
+    ([addrs[0], addrs[1]], stop)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadgen_spreads_clients_over_nodes_and_reports_each() {
+    let (nodes, _stop) = two_nodes(real_app().await).await;
+    let (a, b) = (
+        format!("http://{}", nodes[0]),
+        format!("http://{}", nodes[1]),
+    );
+    let report = loadgen(nodes[0], &["--ws-url", &a, "--ws-url", &b]).await;
+    assert_nothing_lost(&report, CLIENTS);
+    assert_eq!(report["ws_urls"].as_array().unwrap().len(), 2, "{report}");
+    for (node, addr) in report["nodes"].as_array().unwrap().iter().zip(nodes) {
+        assert_eq!(node["ws_url"], format!("ws://{addr}/"), "{report}");
+        assert_eq!(node["clients"], CLIENTS / 2, "{report}");
+        assert_eq!(node["events_complete"], EVENTS, "{report}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listen_only_loadgen_measures_another_loadgens_events() {
+    let (nodes, _stop) = two_nodes(real_app().await).await;
+    let b = format!("http://{}", nodes[1]);
+    let pair = ["--run-id", "smoke42"];
+
+    // The listener, on the second node, first: it says when its clients are in.
+    let mut args = loadgen_args(nodes[1], &pair);
+    args.extend(["--listen-only", "--ws-url", &b, "--timeout-s", "30"].map(String::from));
+    let mut listener = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the listening loadgen");
+    let mut stderr = BufReader::new(listener.stderr.take().unwrap()).lines();
+    let (listening_tx, listening) = oneshot::channel();
+    // Read on to the end, so the listener never blocks on a full pipe.
+    let said = tokio::spawn(async move {
+        let (mut said, mut listening_tx) = (String::new(), Some(listening_tx));
+        while let Ok(Some(line)) = stderr.next_line().await {
+            if line.contains("smoke42: listening") {
+                listening_tx.take().map(|tx| tx.send(()));
+            }
+            said.push_str(&line);
+            said.push('\n');
+        }
+        said
+    });
+    tokio::time::timeout(RUN_LIMIT, listening)
+        .await
+        .expect("the listener listens in time")
+        .expect("the listener ended before listening");
+
+    let poster = loadgen(nodes[0], &pair).await;
+    assert_nothing_lost(&poster, CLIENTS);
+
+    let mut stdout = String::new();
+    let status = tokio::time::timeout(RUN_LIMIT, async {
+        listener
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut stdout)
+            .await
+            .expect("read stdout");
+        listener.wait().await.expect("wait for the listener")
+    })
+    .await
+    .expect("the listener ends in time");
+    let said = said.await.expect("stderr reader");
+    eprintln!("listening loadgen: {status}\n{said}{stdout}");
+    assert!(
+        status.success(),
+        "listener failed ({status}):\n{said}{stdout}"
+    );
+    let heard: Value = serde_json::from_str(stdout.trim()).expect("listener JSON");
+    assert_nothing_lost(&heard, CLIENTS);
+    assert_eq!(heard["mode"], "listen-only", "{heard}");
+    assert_eq!(heard["run_id"], "smoke42", "{heard}");
+    // Timed from the send times the poster wrote in its products.
+    let per_event = heard["deliveries"]["all_clients_per_event_ms"]
+        .as_array()
+        .unwrap();
+    assert_eq!(per_event.len() as u64, EVENTS, "{heard}");
+    assert!(per_event.iter().all(Value::is_f64), "{heard}");
+    assert!(heard["deliveries"]["latency_ms"]["p50"].is_f64(), "{heard}");
 }
 
 /// As much of `examples/rooms.rs` as loadgen's channel mode relies on: no

@@ -17,6 +17,13 @@
 //! the other clients must receive nothing. `benches/channels.sh` compares
 //! the two.
 //!
+//! Against a cluster, `--ws-url` (repeated) spreads the clients over its
+//! nodes while products still go to `--url`, and the report adds each
+//! node's figures. More clients than one process has descriptors for take
+//! several processes on one run: one POSTs, the others `--listen-only` with
+//! the same `--run-id`; `benches/cluster.sh` runs them and merges their
+//! reports.
+//!
 //! Run with `--help` for every option. Exits 1 when anything was lost,
 //! duplicated, reordered, delivered to a client that should not have it or
 //! failed to connect, so that a small run (200 × 5) serves as a smoke test.
