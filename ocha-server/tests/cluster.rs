@@ -230,7 +230,7 @@ async fn an_event_committed_by_a_node_killed_at_once_still_reaches_everyone_once
     let (mut resumed, welcome) = ws_resume(survivor.addr, &since.to_string()).await;
     assert_eq!(welcome, welcome_at(1));
     got.extend(events(&mut resumed, 1 - got.len()).await);
-    assert_eq!(got, [event.clone()]);
+    assert_eq!(got, [event]);
 
     // A restarted node carries on with the next id.
     let restarted = Node::start(&postgres, Some(&redis)).await;
