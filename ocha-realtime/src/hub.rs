@@ -15,6 +15,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::connection::{Connection, Registration};
+use crate::history::Since;
 use crate::registry::{Registry, Slot, Stats, Target};
 use crate::{
     frame, handshake, Admission, Config, ConnectionId, EventId, Frame, HandshakeError, HubBuilder,
@@ -249,7 +250,7 @@ impl Hub {
 
     /// Adds a connection to `channel`; false if it is gone or already in it.
     pub fn subscribe(&self, connection: ConnectionId, channel: &str) -> bool {
-        self.registry.subscribe(connection, channel)
+        self.registry.subscribe(connection, channel, None)
     }
 
     /// Adds a connection to `channel` and sends it what it missed there
@@ -258,7 +259,8 @@ impl Hub {
     /// A client rejoining a channel by message calls this with the last id
     /// it saw there.
     pub fn subscribe_since(&self, connection: ConnectionId, channel: &str, since: &str) -> bool {
-        self.registry.subscribe_since(connection, channel, since)
+        self.registry
+            .subscribe(connection, channel, Some(Since::parse(since)))
     }
 
     /// Takes a connection out of `channel`; false if it was not in it.

@@ -335,8 +335,14 @@ impl Registry {
         });
     }
 
-    /// Adds a connection to `channel`; false if it is gone or already in.
-    pub(crate) fn subscribe(self: &Arc<Self>, id: ConnectionId, channel: &str) -> bool {
+    /// Adds a connection to `channel`, and with `since`, queues what it
+    /// missed there after that position; false if it is gone or already in.
+    pub(crate) fn subscribe(
+        self: &Arc<Self>,
+        id: ConnectionId,
+        channel: &str,
+        since: Option<Since>,
+    ) -> bool {
         // The shard stays locked until the channel is joined, so that a
         // concurrent deregister finds the channel in the member's list.
         let mut shard = self.shard(id);
@@ -347,45 +353,23 @@ impl Registry {
             return false;
         }
         let channel: Arc<str> = Arc::from(channel);
-        self.channels
-            .join(&channel, id, &member.outbox, member.user());
-        member.channels_mut().push(channel.clone());
-        let user = member.user().map(|user| user.to_string());
-        drop(shard);
-        self.announce(|| {
-            std::iter::once(Presence::Joined {
-                connection: id,
-                user,
-                channel: channel.to_string(),
-            })
-        });
-        true
-    }
-
-    /// Adds a connection to `channel` and queues what it missed there after
-    /// `since`; false if it is gone or already in it.
-    pub(crate) fn subscribe_since(
-        self: &Arc<Self>,
-        id: ConnectionId,
-        channel: &str,
-        since: &str,
-    ) -> bool {
-        let mut shard = self.shard(id);
-        let Some(member) = shard.get_mut(&id) else {
-            return false;
-        };
-        if member.channels().iter().any(|joined| &**joined == channel) {
-            return false;
-        }
-        let channel: Arc<str> = Arc::from(channel);
-        let history = self.channel_histories.get(&channel, &self.config);
-        let mut history = lock(&history);
-        self.channels
-            .join(&channel, id, &member.outbox, member.user());
-        let replay = self.channel_replay(&channel, &mut history, Since::parse(since));
         let mut wake = Vec::new();
-        member.outbox.push_replay(replay, &mut wake);
-        drop(history);
+        // With a position, the channel's history is held while joining;
+        // see `Registry::channel_histories`.
+        let history = since.map(|since| {
+            let history = self.channel_histories.get(&channel, &self.config);
+            (since, history)
+        });
+        let mut locked = history
+            .as_ref()
+            .map(|(since, history)| (*since, lock(history)));
+        self.channels
+            .join(&channel, id, &member.outbox, member.user());
+        if let Some((since, history)) = &mut locked {
+            let replay = self.channel_replay(&channel, history, *since);
+            member.outbox.push_replay(replay, &mut wake);
+        }
+        drop(locked);
         member.channels_mut().push(channel.clone());
         let user = member.user().map(|user| user.to_string());
         drop(shard);
