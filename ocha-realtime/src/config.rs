@@ -28,6 +28,7 @@ pub struct Config {
     pub(crate) max_connections: usize,
     pub(crate) close_timeout: Duration,
     pub(crate) send_buffer_size: Option<usize>,
+    pub(crate) sse_heartbeat_interval: Duration,
     pub(crate) history_size: usize,
     pub(crate) history_max_age: Duration,
 }
@@ -43,6 +44,7 @@ impl Default for Config {
             max_connections: usize::MAX,
             close_timeout: Duration::from_secs(5),
             send_buffer_size: Some(32 * 1024),
+            sse_heartbeat_interval: Duration::from_secs(15),
             history_size: 1000,
             history_max_age: Duration::from_secs(24 * 60 * 60),
         }
@@ -155,6 +157,19 @@ impl Config {
     /// Default: 32 KiB.
     pub fn send_buffer_size(mut self, bytes: Option<usize>) -> Self {
         self.send_buffer_size = bytes;
+        self
+    }
+
+    /// How often an idle Server-Sent Events stream
+    /// ([`Hub::event_stream`](crate::Hub::event_stream)) gets a comment
+    /// line: it keeps proxies from closing the stream as idle, and finds
+    /// clients that went away (SSE clients send nothing to be heard from).
+    /// Kept within [`MIN_HEARTBEAT`](Self::MIN_HEARTBEAT) and
+    /// [`MAX_HEARTBEAT`](Self::MAX_HEARTBEAT).
+    ///
+    /// Default: 15 seconds.
+    pub fn sse_heartbeat_interval(mut self, interval: Duration) -> Self {
+        self.sse_heartbeat_interval = interval.clamp(Self::MIN_HEARTBEAT, Self::MAX_HEARTBEAT);
         self
     }
 

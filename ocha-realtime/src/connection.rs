@@ -21,6 +21,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use crate::frame::{self, Inbound, InboundError, Received};
 use crate::outbox::{CloseReason, Outbox};
 use crate::registry::{Registry, Slot};
+use crate::wire::Transport;
 use crate::{Admission, ConnectionId};
 
 /// Bytes read from the socket per call; they live on the stack of `poll`
@@ -59,10 +60,14 @@ impl Registration {
     /// Lists a connection in the hub as `admission` says; returns it with
     /// the frames to send first (the welcome, and a resuming client's
     /// replay).
-    pub(crate) fn new(slot: Slot, admission: Admission) -> (Registration, VecDeque<Bytes>) {
-        let outbox = Arc::new(Outbox::new(slot.0.now()));
+    pub(crate) fn new(
+        slot: Slot,
+        admission: Admission,
+        transport: Transport,
+    ) -> (Registration, VecDeque<Bytes>) {
+        let outbox = Arc::new(Outbox::new(slot.0.now(), transport));
         let (id, first) = slot.0.register(&outbox, admission);
-        tracing::debug!(connection = %id, "WebSocket open");
+        tracing::debug!(connection = %id, ?transport, "connection open");
         (Registration { slot, id, outbox }, first)
     }
 }
@@ -71,12 +76,16 @@ impl Registration {
     fn registry(&self) -> &Arc<Registry> {
         &self.slot.0
     }
+
+    pub(crate) fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
         self.slot.0.deregister(self.id);
-        tracing::debug!(connection = %self.id, "WebSocket closed");
+        tracing::debug!(connection = %self.id, "connection closed");
     }
 }
 

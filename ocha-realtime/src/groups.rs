@@ -9,10 +9,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::task::Waker;
 
-use bytes::Bytes;
-
 use crate::outbox::{Outbox, Pushed};
 use crate::registry::lock;
+use crate::wire::Wire;
 use crate::ConnectionId;
 
 /// One group's members, and how many connections each user has in it.
@@ -26,16 +25,11 @@ pub(crate) struct Group {
 }
 
 impl Group {
-    /// Queues `frame` on every member; see [`Outbox::push`].
-    pub(crate) fn push(
-        &self,
-        frame: &Bytes,
-        capacity: usize,
-        wake: &mut Vec<Waker>,
-    ) -> (usize, u64) {
+    /// Queues `wire` on every member; see [`Outbox::push`].
+    pub(crate) fn push(&self, wire: &Wire, capacity: usize, wake: &mut Vec<Waker>) -> (usize, u64) {
         let (mut reached, mut overflowed) = (0, 0);
         for outbox in self.members.values() {
-            match outbox.push(frame, capacity, wake) {
+            match outbox.push_wire(wire, capacity, wake) {
                 Pushed::Queued => reached += 1,
                 Pushed::Overflowed => overflowed += 1,
                 Pushed::Refused => {}

@@ -117,6 +117,13 @@ pub(crate) fn check<B>(request: &Request<B>, config: &Config) -> Result<String, 
         .get(header::SEC_WEBSOCKET_KEY)
         .filter(|key| is_valid_key(key.as_bytes()))
         .ok_or(HandshakeError::Key)?;
+    check_origin(headers, config)?;
+    Ok(derive_accept_key(key.as_bytes()))
+}
+
+/// Refuses a browser whose `Origin` is not on the allow-list, if there is
+/// one; clients that send no `Origin` (not browsers) pass.
+pub(crate) fn check_origin(headers: &HeaderMap, config: &Config) -> Result<(), HandshakeError> {
     if let (Some(allowed), Some(origin)) = (&config.allowed_origins, headers.get(header::ORIGIN)) {
         if !allowed
             .iter()
@@ -125,7 +132,7 @@ pub(crate) fn check<B>(request: &Request<B>, config: &Config) -> Result<String, 
             return Err(HandshakeError::Origin);
         }
     }
-    Ok(derive_accept_key(key.as_bytes()))
+    Ok(())
 }
 
 /// Whether the client offered `protocol` in `Sec-WebSocket-Protocol`.

@@ -9,6 +9,8 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 
+use crate::wire::{Transport, Wire};
+
 /// What a resuming client is sent, after its welcome, when some of what it
 /// missed is no longer kept: it should refetch its state (for a shop, the
 /// product list), then carry on with live events.
@@ -117,7 +119,7 @@ pub(crate) struct History {
 struct Kept {
     id: EventId,
     published_at: SystemTime,
-    frame: Bytes,
+    wire: Wire,
 }
 
 impl History {
@@ -137,7 +139,7 @@ impl History {
 
     /// Appends an event; false, keeping nothing, unless its id is after the
     /// last one (it was published already).
-    pub(crate) fn append(&mut self, id: EventId, published_at: SystemTime, frame: &Bytes) -> bool {
+    pub(crate) fn append(&mut self, id: EventId, published_at: SystemTime, wire: &Wire) -> bool {
         if id <= self.last {
             return false;
         }
@@ -145,7 +147,7 @@ impl History {
         self.events.push_back(Kept {
             id,
             published_at,
-            frame: frame.clone(),
+            wire: wire.clone(),
         });
         if self.events.len() > self.capacity {
             self.drop_oldest();
@@ -175,14 +177,15 @@ impl History {
             self.events.push_back(Kept {
                 id,
                 published_at,
-                frame,
+                wire: Wire::new(frame, Some(id)),
             });
         }
         self.expire(SystemTime::now());
     }
 
-    /// What a client that stands at `since` is sent before live events.
-    pub(crate) fn replay(&mut self, since: Since) -> Replay {
+    /// What a client of `transport` that stands at `since` is sent before
+    /// live events.
+    pub(crate) fn replay(&mut self, since: Since, transport: Transport) -> Replay {
         self.expire(SystemTime::now());
         match since {
             Since::Now => Replay::Events(Vec::new()),
@@ -190,7 +193,7 @@ impl History {
                 self.events
                     .iter()
                     .skip_while(|kept| kept.id <= id)
-                    .map(|kept| kept.frame.clone())
+                    .filter_map(|kept| kept.wire.bytes(transport).cloned())
                     .collect(),
             ),
             Since::After(_) | Since::Unknown => Replay::Resync,
@@ -283,11 +286,20 @@ mod tests {
     const DAY: Duration = Duration::from_secs(86_400);
 
     fn frame(id: u64) -> Bytes {
-        Bytes::from(format!("event {id}"))
+        crate::frame::text(format!("event {id}").as_bytes())
+    }
+
+    fn wire(id: u64) -> Wire {
+        Wire::new(frame(id), Some(EventId(id)))
     }
 
     fn events(ids: impl IntoIterator<Item = u64>) -> Replay {
         Replay::Events(ids.into_iter().map(frame).collect())
+    }
+
+    /// What a WebSocket client at `since` is sent first.
+    fn replay(history: &mut History, since: Since) -> Replay {
+        history.replay(since, Transport::WebSocket)
     }
 
     fn after(id: u64) -> Since {
@@ -297,7 +309,7 @@ mod tests {
     fn history(capacity: usize, ids: impl IntoIterator<Item = u64>) -> History {
         let mut history = History::new(capacity, DAY);
         for id in ids {
-            assert!(history.append(EventId(id), SystemTime::now(), &frame(id)));
+            assert!(history.append(EventId(id), SystemTime::now(), &wire(id)));
         }
         history
     }
@@ -315,36 +327,40 @@ mod tests {
     #[test]
     fn replays_what_came_after_the_position() {
         let mut history = history(10, 1..=5);
-        assert_eq!(history.replay(after(2)), events(3..=5));
-        assert_eq!(history.replay(after(5)), events([]));
-        assert_eq!(history.replay(after(0)), events(1..=5));
-        assert_eq!(history.replay(Since::Now), events([]));
+        assert_eq!(replay(&mut history, after(2)), events(3..=5));
+        assert_eq!(replay(&mut history, after(5)), events([]));
+        assert_eq!(replay(&mut history, after(0)), events(1..=5));
+        assert_eq!(replay(&mut history, Since::Now), events([]));
     }
 
     #[test]
     fn a_position_not_ours_or_no_longer_covered_resyncs() {
         let mut history = history(3, 1..=5);
-        assert_eq!(history.replay(after(2)), events(3..=5));
-        assert_eq!(history.replay(after(1)), Replay::Resync);
-        assert_eq!(history.replay(after(6)), Replay::Resync, "from the future");
-        assert_eq!(history.replay(Since::Unknown), Replay::Resync);
+        assert_eq!(replay(&mut history, after(2)), events(3..=5));
+        assert_eq!(replay(&mut history, after(1)), Replay::Resync);
+        assert_eq!(
+            replay(&mut history, after(6)),
+            Replay::Resync,
+            "from the future"
+        );
+        assert_eq!(replay(&mut history, Since::Unknown), Replay::Resync);
     }
 
     #[test]
     fn ids_must_increase() {
         let mut history = history(10, [1, 2, 5]);
-        assert!(!history.append(EventId(5), SystemTime::now(), &frame(5)));
-        assert!(!history.append(EventId(3), SystemTime::now(), &frame(3)));
+        assert!(!history.append(EventId(5), SystemTime::now(), &wire(5)));
+        assert!(!history.append(EventId(3), SystemTime::now(), &wire(3)));
         assert_eq!(history.last(), EventId(5));
-        assert_eq!(history.replay(after(0)), events([1, 2, 5]));
+        assert_eq!(replay(&mut history, after(0)), events([1, 2, 5]));
     }
 
     #[test]
     fn no_capacity_keeps_the_position_only() {
         let mut history = history(0, 1..=3);
         assert_eq!(history.len(), 0);
-        assert_eq!(history.replay(after(3)), events([]));
-        assert_eq!(history.replay(after(2)), Replay::Resync);
+        assert_eq!(replay(&mut history, after(3)), events([]));
+        assert_eq!(replay(&mut history, after(2)), Replay::Resync);
     }
 
     #[test]
@@ -358,8 +374,8 @@ mod tests {
                 (EventId(3), SystemTime::now(), frame(3)),
             ],
         );
-        assert_eq!(history.replay(after(2)), events([3]));
-        assert_eq!(history.replay(after(1)), Replay::Resync);
+        assert_eq!(replay(&mut history, after(2)), events([3]));
+        assert_eq!(replay(&mut history, after(1)), Replay::Resync);
     }
 
     #[test]
@@ -374,13 +390,13 @@ mod tests {
                 (EventId(9), now, frame(9)),
             ],
         );
-        assert_eq!(history.replay(after(7)), events([8, 9]));
-        assert_eq!(history.replay(after(6)), Replay::Resync);
+        assert_eq!(replay(&mut history, after(7)), events([8, 9]));
+        assert_eq!(replay(&mut history, after(6)), Replay::Resync);
         // A log whose kept events all expired still has its position.
         history.restore(EventId(9), Vec::new());
-        assert_eq!(history.replay(after(9)), events([]));
-        assert_eq!(history.replay(after(8)), Replay::Resync);
-        assert!(history.append(EventId(10), now, &frame(10)));
-        assert_eq!(history.replay(after(9)), events([10]));
+        assert_eq!(replay(&mut history, after(9)), events([]));
+        assert_eq!(replay(&mut history, after(8)), Replay::Resync);
+        assert!(history.append(EventId(10), now, &wire(10)));
+        assert_eq!(replay(&mut history, after(9)), events([10]));
     }
 }

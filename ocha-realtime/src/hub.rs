@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Request, Response};
+use http::{header, HeaderValue, Method, Request, Response};
 use http_body_util::Full;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
@@ -17,8 +17,10 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use crate::connection::{Connection, Registration};
 use crate::history::Since;
 use crate::registry::{Registry, Slot, Stats, Target};
+use crate::wire::{Transport, Wire};
 use crate::{
-    frame, handshake, Admission, Config, ConnectionId, EventId, Frame, HandshakeError, HubBuilder,
+    frame, handshake, Admission, Config, ConnectionId, EventId, EventStream, Frame, HandshakeError,
+    HubBuilder,
 };
 
 /// A set of WebSocket connections: the hub greets them, sends them what you
@@ -115,7 +117,7 @@ impl Hub {
         let slot = Slot::acquire(&self.registry).ok_or(HandshakeError::TooManyConnections)?;
         // Listed now, before the 101 goes out: whatever is published from
         // here on waits in its outbox for the socket.
-        let (registration, first) = Registration::new(slot, admission);
+        let (registration, first) = Registration::new(slot, admission, Transport::WebSocket);
         let registry = self.registry.clone();
         tokio::spawn(async move {
             let upgraded = match on_upgrade.await {
@@ -150,6 +152,75 @@ impl Hub {
         Ok(response)
     }
 
+    /// Answers a Server-Sent Events request (`GET` with, from browsers,
+    /// `Accept: text/event-stream`) from a client the application admitted
+    /// as `admission`: a `200` whose body streams what the hub sends this
+    /// client, for as long as the client keeps it open.
+    ///
+    /// The client is a connection like a WebSocket one: in its channels,
+    /// reached by publishes, sends and presence, counted against
+    /// [`Config::max_connections`], its origin checked against
+    /// [`Config::allowed_origins`], closed as a slow consumer (the stream
+    /// ends) and at shutdown (after what is queued). Each text frame is one
+    /// event, its text in `data:` lines, with an `id:` line when published
+    /// with an id; binary frames are not sent, and there is no event type
+    /// (`event:`), so `EventSource.onmessage` sees every event, as
+    /// `WebSocket.onmessage` does. The stream opens with the welcome as a
+    /// comment and the hub's position (which sets the client's last event
+    /// id without an event), and a comment line keeps it busy every
+    /// [`Config::sse_heartbeat_interval`].
+    ///
+    /// A client reconnecting with a `Last-Event-ID` header resumes after
+    /// it, as with [`Admission::since`], unless `admission` says otherwise.
+    ///
+    /// Tune the sockets this may be served on ([`tune`](Self::tune)): the
+    /// stream is an ordinary response, so the hub never sees its socket,
+    /// and a client that stops reading could otherwise hide megabytes of
+    /// events in kernel buffers before it is found slow.
+    ///
+    /// # Errors
+    ///
+    /// [`HandshakeError::Method`] for other methods,
+    /// [`HandshakeError::Origin`], [`HandshakeError::ShuttingDown`] and
+    /// [`HandshakeError::TooManyConnections`]; send its
+    /// [`into_response`](HandshakeError::into_response).
+    pub fn event_stream<B>(
+        &self,
+        request: &Request<B>,
+        mut admission: Admission,
+    ) -> Result<Response<EventStream>, HandshakeError> {
+        if request.method() != Method::GET {
+            return Err(HandshakeError::Method);
+        }
+        handshake::check_origin(request.headers(), &self.registry.config)?;
+        if self.registry.is_shutting_down() {
+            return Err(HandshakeError::ShuttingDown);
+        }
+        if admission.since.is_none() {
+            if let Some(last) = request.headers().get("last-event-id") {
+                // Not text at all: no id of ours, so a resync.
+                admission = admission.since(last.to_str().unwrap_or("?"));
+            }
+        }
+        let slot = Slot::acquire(&self.registry).ok_or(HandshakeError::TooManyConnections)?;
+        let (registration, first) = Registration::new(slot, admission, Transport::EventStream);
+        let body = EventStream::new(
+            registration,
+            first,
+            self.registry.config.sse_heartbeat_interval,
+        );
+        let mut response = Response::new(body);
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        // Proxies such as nginx would otherwise hold events in a buffer.
+        headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+        Ok(response)
+    }
+
     /// Runs a connection whose WebSocket handshake is already done, over any
     /// byte stream, until it closes.
     ///
@@ -160,7 +231,11 @@ impl Hub {
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
-        let (registration, first) = Registration::new(Slot::admitted(&self.registry), admission);
+        let (registration, first) = Registration::new(
+            Slot::admitted(&self.registry),
+            admission,
+            Transport::WebSocket,
+        );
         Connection::new(registration, first, io).await;
     }
 
@@ -171,7 +246,7 @@ impl Hub {
     /// slow consumer instead. Concurrent calls reach every connection in
     /// the same order.
     pub fn publish(&self, frame: &Frame) -> usize {
-        self.registry.publish(&frame.0)
+        self.registry.publish(&Wire::new(frame.0.clone(), None))
     }
 
     /// Sends `frame`, the event `id`, to every connection, as
@@ -233,19 +308,20 @@ impl Hub {
     /// in the order they were made.
     pub fn publish_to(&self, channel: &str, frame: &Frame) -> usize {
         self.registry
-            .publish_to_group(Target::Channel(channel), &frame.0)
+            .publish_to_group(Target::Channel(channel), &Wire::new(frame.0.clone(), None))
     }
 
     /// Sends `frame` to every open connection of `user` (all its tabs and
     /// devices) and returns how many it reached.
     pub fn send_to_user(&self, user: &str, frame: &Frame) -> usize {
-        self.registry.publish_to_group(Target::User(user), &frame.0)
+        self.registry
+            .publish_to_group(Target::User(user), &Wire::new(frame.0.clone(), None))
     }
 
     /// Sends `frame` to one connection; false if it is gone, closing, or
     /// just found too far behind (it is then closed as a slow consumer).
     pub fn send(&self, to: ConnectionId, frame: &Frame) -> bool {
-        self.registry.send(to, &frame.0)
+        self.registry.send(to, &Wire::new(frame.0.clone(), None))
     }
 
     /// Adds a connection to `channel`; false if it is gone or already in it.

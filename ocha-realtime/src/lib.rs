@@ -114,6 +114,7 @@ mod admission;
 mod builder;
 mod config;
 mod connection;
+mod event_stream;
 mod frame;
 #[cfg(any(test, fuzzing))]
 #[doc(hidden)]
@@ -128,10 +129,12 @@ mod presence;
 mod registry;
 mod relay;
 mod utf8;
+mod wire;
 
 pub use admission::Admission;
 pub use builder::HubBuilder;
 pub use config::{Config, OCHA_WELCOME};
+pub use event_stream::EventStream;
 pub use handshake::{is_websocket_upgrade, HandshakeError};
 pub use history::{EventId, ParseEventIdError, RESYNC};
 pub use hub::{CloseError, Hub};

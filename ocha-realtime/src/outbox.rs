@@ -7,6 +7,8 @@ use std::task::{Context, Waker};
 
 use bytes::Bytes;
 
+use crate::wire::{Transport, Wire};
+
 /// Why the hub closes a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum CloseReason {
@@ -43,6 +45,7 @@ pub(crate) struct Outbox {
     queue: Mutex<Queue>,
     /// When the client was last heard from, in milliseconds of the hub clock.
     last_seen: AtomicU64,
+    transport: Transport,
 }
 
 #[derive(Debug, Default)]
@@ -57,10 +60,24 @@ struct Queue {
 }
 
 impl Outbox {
-    pub(crate) fn new(now: u64) -> Self {
+    pub(crate) fn new(now: u64, transport: Transport) -> Self {
         Outbox {
             queue: Mutex::default(),
             last_seen: AtomicU64::new(now),
+            transport,
+        }
+    }
+
+    pub(crate) fn transport(&self) -> Transport {
+        self.transport
+    }
+
+    /// Queues `wire` in this connection's encoding, as [`push`](Self::push)
+    /// does; one its transport cannot carry (binary over SSE) is refused.
+    pub(crate) fn push_wire(&self, wire: &Wire, capacity: usize, wake: &mut Vec<Waker>) -> Pushed {
+        match wire.bytes(self.transport) {
+            Some(frame) => self.push(frame, capacity, wake),
+            None => Pushed::Refused,
         }
     }
 

@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use crate::groups::Groups;
 use crate::history::{ChannelHistories, History, Replay, Since, RESYNC};
 use crate::outbox::{CloseReason, Outbox, Pushed};
+use crate::wire::{self, Transport, Wire};
 use crate::{frame, Admission, Config, ConnectionId, EventId, Message, Presence};
 
 /// Connections are spread over this many independently locked shards, so a
@@ -235,7 +236,12 @@ impl Registry {
                     let mut history = lock(&history);
                     let is_new = self.channels.join(&channel, id, outbox, user.as_ref());
                     if is_new {
-                        channel_replays.extend(self.channel_replay(&channel, &mut history, since));
+                        channel_replays.extend(self.channel_replay(
+                            &channel,
+                            &mut history,
+                            since,
+                            outbox.transport(),
+                        ));
                     }
                     is_new
                 }
@@ -256,12 +262,18 @@ impl Registry {
         };
         let mut first = VecDeque::new();
         // Held until the connection is listed; see `Registry::history`.
+        let transport = outbox.transport();
+        // An SSE client always learns the position (see `welcome_at`).
+        let since = match transport {
+            Transport::WebSocket => since,
+            Transport::EventStream => Some(since.unwrap_or(Since::Now)),
+        };
         let history = since.map(|since| {
             let mut history = lock(&self.history);
-            first.extend(self.welcome_at(history.last()));
-            match history.replay(since) {
+            first.extend(self.welcome_at(history.last(), transport));
+            match history.replay(since, transport) {
                 Replay::Events(missed) => first.extend(missed),
-                Replay::Resync => first.push_back(self.resync.clone()),
+                Replay::Resync => first.push_back(self.resync(None, transport)),
             }
             history
         });
@@ -292,9 +304,22 @@ impl Registry {
         (id, first)
     }
 
-    /// The welcome with the hub's position added as `"lastEventId"`, for a
-    /// resuming client; unchanged if it is not a JSON object.
-    fn welcome_at(&self, position: EventId) -> Option<Bytes> {
+    /// The welcome with the hub's position, for a resuming client.
+    ///
+    /// Over WebSocket, the position is added as `"lastEventId"` (unless the
+    /// welcome is not a JSON object). Over SSE, which has no welcome event,
+    /// the welcome is a comment followed by a block setting the client's
+    /// last event id, so that it resumes from here even before its first
+    /// event.
+    fn welcome_at(&self, position: EventId, transport: Transport) -> Option<Bytes> {
+        if transport == Transport::EventStream {
+            let mut welcome = bytes::BytesMut::new();
+            if let Some(text) = &self.config.welcome {
+                welcome.extend_from_slice(&wire::comment(text));
+            }
+            welcome.extend_from_slice(&wire::position(position));
+            return Some(welcome.freeze());
+        }
         let welcome = self.config.welcome.as_deref()?.trim();
         let Some(fields) = welcome
             .strip_prefix('{')
@@ -366,7 +391,7 @@ impl Registry {
         self.channels
             .join(&channel, id, &member.outbox, member.user());
         if let Some((since, history)) = &mut locked {
-            let replay = self.channel_replay(&channel, history, *since);
+            let replay = self.channel_replay(&channel, history, *since, member.outbox.transport());
             member.outbox.push_replay(replay, &mut wake);
         }
         drop(locked);
@@ -384,15 +409,34 @@ impl Registry {
         true
     }
 
-    /// What a connection joining `channel` at `since` is sent first.
-    fn channel_replay(&self, channel: &str, history: &mut History, since: Since) -> Vec<Bytes> {
-        match history.replay(since) {
+    /// What a connection of `transport` joining `channel` at `since` is
+    /// sent first.
+    fn channel_replay(
+        &self,
+        channel: &str,
+        history: &mut History,
+        since: Since,
+        transport: Transport,
+    ) -> Vec<Bytes> {
+        match history.replay(since, transport) {
             Replay::Events(missed) => missed,
-            Replay::Resync => {
+            Replay::Resync => vec![self.resync(Some(channel), transport)],
+        }
+    }
+
+    /// [`RESYNC`] for `transport`, naming the channel for a channel's stream.
+    fn resync(&self, channel: Option<&str>, transport: Transport) -> Bytes {
+        let text = match channel {
+            None if transport == Transport::WebSocket => return self.resync.clone(),
+            None => RESYNC.to_owned(),
+            Some(channel) => {
                 let channel = serde_json::to_string(channel).expect("strings serialize");
-                let text = format!(r#"{{"type":"resync","channel":{channel}}}"#);
-                vec![frame::text(text.as_bytes())]
+                format!(r#"{{"type":"resync","channel":{channel}}}"#)
             }
+        };
+        match transport {
+            Transport::WebSocket => frame::text(text.as_bytes()),
+            Transport::EventStream => wire::event(None, text.as_bytes()),
         }
     }
 
@@ -442,13 +486,13 @@ impl Registry {
 
     /// Queues an event's frame on every open connection and returns how many
     /// took it.
-    pub(crate) fn publish(&self, frame: &Bytes) -> usize {
+    pub(crate) fn publish(&self, wire: &Wire) -> usize {
         let capacity = self.config.outbound_capacity;
         let mut wake = lock(&self.publishing);
         let (mut reached, mut overflowed) = (0, 0);
         for shard in self.shards.iter() {
             for member in lock(shard).values() {
-                match member.outbox.push(frame, capacity, &mut wake) {
+                match member.outbox.push_wire(wire, capacity, &mut wake) {
                     Pushed::Queued => reached += 1,
                     Pushed::Overflowed => overflowed += 1,
                     Pushed::Refused => {}
@@ -464,11 +508,12 @@ impl Registry {
     /// Publishes to all an event with an id after the last one, keeping it
     /// for resuming clients; `None` if its id is not after the last.
     pub(crate) fn publish_event(&self, id: EventId, frame: &Bytes) -> Option<usize> {
+        let wire = Wire::new(frame.clone(), Some(id));
         let mut history = lock(&self.history);
-        if !history.append(id, SystemTime::now(), frame) {
+        if !history.append(id, SystemTime::now(), &wire) {
             return None;
         }
-        let reached = self.publish(frame);
+        let reached = self.publish(&wire);
         drop(history);
         Some(reached)
     }
@@ -482,12 +527,13 @@ impl Registry {
         id: EventId,
         frame: &Bytes,
     ) -> Option<usize> {
+        let wire = Wire::new(frame.clone(), Some(id));
         let history = self.channel_histories.get(channel, &self.config);
         let mut history = lock(&history);
-        if !history.append(id, SystemTime::now(), frame) {
+        if !history.append(id, SystemTime::now(), &wire) {
             return None;
         }
-        let reached = self.publish_to_group(Target::Channel(channel), frame);
+        let reached = self.publish_to_group(Target::Channel(channel), &wire);
         drop(history);
         Some(reached)
     }
@@ -506,7 +552,7 @@ impl Registry {
     }
 
     /// Queues a frame on every connection in `channel`, or of `user`.
-    pub(crate) fn publish_to_group(&self, target: Target<'_>, frame: &Bytes) -> usize {
+    pub(crate) fn publish_to_group(&self, target: Target<'_>, wire: &Wire) -> usize {
         let group = match target {
             Target::Channel(channel) => self.channels.get(channel),
             Target::User(user) => self.users.get(user),
@@ -516,7 +562,7 @@ impl Registry {
         };
         let mut wake = Vec::new();
         let (reached, overflowed) =
-            lock(&group).push(frame, self.config.outbound_capacity, &mut wake);
+            lock(&group).push(wire, self.config.outbound_capacity, &mut wake);
         wake.into_iter().for_each(Waker::wake);
         self.count_published(reached, overflowed)
     }
@@ -529,12 +575,12 @@ impl Registry {
     }
 
     /// Queues a frame on one connection; false if it is gone or closing.
-    pub(crate) fn send(&self, to: ConnectionId, frame: &Bytes) -> bool {
+    pub(crate) fn send(&self, to: ConnectionId, wire: &Wire) -> bool {
         let Some(outbox) = self.outbox(to) else {
             return false;
         };
         let mut wake = Vec::new();
-        let pushed = outbox.push(frame, self.config.outbound_capacity, &mut wake);
+        let pushed = outbox.push_wire(wire, self.config.outbound_capacity, &mut wake);
         wake.into_iter().for_each(Waker::wake);
         match pushed {
             Pushed::Queued => true,
@@ -703,6 +749,10 @@ async fn heartbeat(registry: Weak<Registry>) {
         let capacity = registry.config.outbound_capacity;
         let (mut timeouts, mut overflowed) = (0, 0);
         registry.for_each(|outbox, wake| {
+            // An SSE client never speaks, and has heartbeats of its own.
+            if outbox.transport() == Transport::EventStream {
+                return;
+            }
             // A client waiting on the handler was seen "in the future".
             if now.saturating_sub(outbox.last_seen()) >= silence {
                 timeouts += u64::from(outbox.close(CloseReason::HeartbeatTimeout, wake));

@@ -6,6 +6,8 @@
 //! |                        |           | `?since=ID` resumes after event `ID`   |
 //! | `/api/v1/health`       | GET       | `Ignition!`                            |
 //! | `/api/v1/ready`        | GET       | readiness: database and Redis status   |
+//! | `/api/v1/events`       | GET       | the events as Server-Sent Events;      |
+//! |                        |           | resumes by `Last-Event-ID` or `?since` |
 //! | `/api/v1/products`     | GET, POST | listing; creation (admin) + broadcast  |
 //! | `/api/v1/products/:id` | GET       | one product                            |
 //!
@@ -14,7 +16,7 @@
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Either, LengthLimitError, Limited};
 use hyper::body::Body as HttpBody;
 use ocha_realtime::{Admission, EventId, HandshakeError, Hub, Relay};
 
@@ -66,6 +68,7 @@ enum Route<'a> {
     Hub,
     Health,
     Ready,
+    Events,
     Products,
     Product(&'a str),
 }
@@ -139,17 +142,29 @@ impl App {
                     Some(since) => Admission::anonymous().since(&since),
                     None => Admission::anonymous(),
                 };
-                return self
-                    .hub
-                    .upgrade_with(request, admission)
-                    .unwrap_or_else(HandshakeError::into_response);
+                return response::whole(
+                    self.hub
+                        .upgrade_with(request, admission)
+                        .unwrap_or_else(HandshakeError::into_response),
+                );
+            }
+            (Route::Events, Method::GET) => {
+                // Without `since`, the library reads `Last-Event-ID`.
+                let admission = match since(request.uri().query()) {
+                    Some(since) => Admission::anonymous().since(&since),
+                    None => Admission::anonymous(),
+                };
+                return match self.hub.event_stream(&request, admission) {
+                    Ok(stream) => stream.map(Either::Right),
+                    Err(refused) => response::whole(refused.into_response()),
+                };
             }
             (Route::Health, Method::GET) => Ok(response::text(StatusCode::OK, "Ignition!")),
             (Route::Ready, Method::GET) => Ok(self.readiness().await),
             (Route::Products, Method::GET) => self.list_products(request.uri().query()).await,
             (Route::Products, Method::POST) => self.create_product(request).await,
             (Route::Product(id), Method::GET) => self.get_product(id).await,
-            (Route::Hub | Route::Health | Route::Ready | Route::Product(_), _) => {
+            (Route::Hub | Route::Health | Route::Ready | Route::Events | Route::Product(_), _) => {
                 Err(ApiError::MethodNotAllowed("GET"))
             }
             (Route::Products, _) => Err(ApiError::MethodNotAllowed("GET, POST")),
@@ -298,6 +313,7 @@ fn route(path: &str) -> Option<Route<'_>> {
     match path.strip_prefix("/api/v1/")? {
         "health" => Some(Route::Health),
         "ready" => Some(Route::Ready),
+        "events" => Some(Route::Events),
         "products" => Some(Route::Products),
         rest => rest
             .strip_prefix("products/")
@@ -336,6 +352,7 @@ mod tests {
             Route::Hub => "hub".to_owned(),
             Route::Health => "health".to_owned(),
             Route::Ready => "ready".to_owned(),
+            Route::Events => "events".to_owned(),
             Route::Products => "products".to_owned(),
             Route::Product(id) => format!("product {id}"),
         })
@@ -346,6 +363,7 @@ mod tests {
         assert_eq!(routed("/").as_deref(), Some("hub"));
         assert_eq!(routed("/api/v1/health").as_deref(), Some("health"));
         assert_eq!(routed("/api/v1/ready").as_deref(), Some("ready"));
+        assert_eq!(routed("/api/v1/events").as_deref(), Some("events"));
         assert_eq!(routed("/api/v1/products").as_deref(), Some("products"));
         assert_eq!(routed("/api/v1/products/").as_deref(), Some("products"));
         assert_eq!(

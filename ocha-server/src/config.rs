@@ -12,6 +12,7 @@
 //! | `WS_MAX_CONNECTIONS`   | unlimited        | open WebSockets; upgrades past it get 503                    |
 //! | `WS_MAX_MESSAGE_BYTES` | `65536`          | largest client message; larger gets 1009                     |
 //! | `WS_ALLOWED_ORIGINS`   | every origin     | comma-separated exact `Origin` allow-list                    |
+//! | `SSE_HEARTBEAT_SECS`   | `15`             | comment line period on idle event streams, 1 to 3600 seconds |
 //! | `EVENT_HISTORY`        | `1000`           | events kept for resuming clients (0: none)                   |
 //! | `EVENT_HISTORY_SECS`   | `86400`          | how long an event is kept, in seconds                        |
 //! | `REDIS_URL`            | none (one node)  | `redis://HOST:PORT`: nodes share events through Redis        |
@@ -160,9 +161,10 @@ pub enum ConfigError {
          postgres://user:password@host:port/database, got {0:?}"
     )]
     DatabaseUrl(String),
-    /// `WS_HEARTBEAT_SECS` is not a number of seconds in range.
-    #[error("WS_HEARTBEAT_SECS must be a whole number of seconds from 1 to {MAX_HEARTBEAT_SECS}, got {0:?}")]
-    Heartbeat(String),
+    /// `WS_HEARTBEAT_SECS` or `SSE_HEARTBEAT_SECS` is not a number of
+    /// seconds in range.
+    #[error("{0} must be a whole number of seconds from 1 to {MAX_HEARTBEAT_SECS}, got {1:?}")]
+    Heartbeat(&'static str, String),
     /// A `WS_*` count or size is not a positive integer.
     #[error("{0} must be a positive integer, got {1:?}")]
     NotPositive(&'static str, String),
@@ -252,6 +254,8 @@ pub struct HubSettings {
     pub max_message_bytes: Option<usize>,
     /// From `WS_ALLOWED_ORIGINS`.
     pub allowed_origins: Option<Vec<String>>,
+    /// From `SSE_HEARTBEAT_SECS`.
+    pub sse_heartbeat: Option<Duration>,
 }
 
 impl HubSettings {
@@ -276,16 +280,21 @@ impl HubSettings {
         if let Some(origins) = &self.allowed_origins {
             config = config.allowed_origins(origins);
         }
+        if let Some(interval) = self.sse_heartbeat {
+            config = config.sse_heartbeat_interval(interval);
+        }
         config
     }
 
     fn from_lookup(lookup: &impl Fn(&str) -> Option<OsString>) -> Result<HubSettings, ConfigError> {
-        let heartbeat = var(lookup, "WS_HEARTBEAT_SECS")?
-            .map(|secs| match secs.parse() {
-                Ok(secs @ 1..=MAX_HEARTBEAT_SECS) => Ok(Duration::from_secs(secs)),
-                _ => Err(ConfigError::Heartbeat(secs)),
-            })
-            .transpose()?;
+        let heartbeat = |name| {
+            var(lookup, name)?
+                .map(|secs| match secs.parse() {
+                    Ok(secs @ 1..=MAX_HEARTBEAT_SECS) => Ok(Duration::from_secs(secs)),
+                    _ => Err(ConfigError::Heartbeat(name, secs)),
+                })
+                .transpose()
+        };
         let send_buffer = var(lookup, "WS_SEND_BUFFER_BYTES")?
             .map(|bytes| match bytes.as_str() {
                 "os" => Ok(None),
@@ -296,7 +305,8 @@ impl HubSettings {
             })
             .transpose()?;
         Ok(HubSettings {
-            heartbeat,
+            heartbeat: heartbeat("WS_HEARTBEAT_SECS")?,
+            sse_heartbeat: heartbeat("SSE_HEARTBEAT_SECS")?,
             outbound_capacity: positive(lookup, "WS_OUTBOUND_CAPACITY")?,
             send_buffer,
             max_connections: positive(lookup, "WS_MAX_CONNECTIONS")?,
@@ -536,6 +546,7 @@ mod tests {
                 "WS_ALLOWED_ORIGINS",
                 "https://shop.example, http://localhost:3000",
             ),
+            ("SSE_HEARTBEAT_SECS", "5"),
         ])
         .unwrap()
         .hub;
@@ -551,6 +562,7 @@ mod tests {
                     "https://shop.example".into(),
                     "http://localhost:3000".into()
                 ]),
+                sse_heartbeat: Some(Duration::from_secs(5)),
             }
         );
         let os = config(&[("WS_SEND_BUFFER_BYTES", "os")]).unwrap().hub;
@@ -671,7 +683,7 @@ mod tests {
         for secs in ["0", "3601", "-5", "1.5", "30s"] {
             assert_eq!(
                 config(&[("WS_HEARTBEAT_SECS", secs)]),
-                Err(ConfigError::Heartbeat(secs.into()))
+                Err(ConfigError::Heartbeat("WS_HEARTBEAT_SECS", secs.into()))
             );
         }
         for name in [

@@ -3,11 +3,18 @@
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{Either, Full};
+use ocha_realtime::EventStream;
 use serde::Serialize;
 
-/// The body type of every response, WebSocket handshakes included.
-pub type Body = Full<Bytes>;
+/// The body type of every response: a whole body (JSON, text, WebSocket
+/// handshakes), or a Server-Sent Events stream.
+pub type Body = Either<Full<Bytes>, EventStream>;
+
+/// `response` with its whole body as a [`Body`].
+pub fn whole(response: Response<Full<Bytes>>) -> Response<Body> {
+    response.map(Either::Left)
+}
 
 /// A JSON response with `content-type: application/json`.
 pub fn json(status: StatusCode, body: &impl Serialize) -> Response<Body> {
@@ -26,7 +33,7 @@ pub fn text(status: StatusCode, body: &'static str) -> Response<Body> {
 }
 
 fn with_type(status: StatusCode, body: Vec<u8>, content_type: &'static str) -> Response<Body> {
-    let mut response = Response::new(Full::new(Bytes::from(body)));
+    let mut response = Response::new(Either::Left(Full::new(Bytes::from(body))));
     *response.status_mut() = status;
     response
         .headers_mut()

@@ -132,6 +132,10 @@ pub async fn run(listener: TcpListener, app: App, shutdown: impl Future<Output =
 }
 
 fn spawn_connection(stream: TcpStream, peer: SocketAddr, app: App, mut stop: watch::Receiver<()>) {
+    // Any connection may become an event stream, whose slow reader must not
+    // hide in megabytes of kernel buffer; the cap only slows responses far
+    // larger than this API's.
+    app.hub().tune(&stream);
     let service = service_fn(move |request| {
         let app = app.clone();
         async move { Ok::<_, Infallible>(handle_logged(&app, peer, request).await) }

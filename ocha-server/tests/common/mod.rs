@@ -509,3 +509,100 @@ pub fn event_product_name(event: &str) -> String {
         .expect("a product event")
         .to_owned()
 }
+
+/// A Server-Sent Events client on `GET /api/v1/events`, reading the body
+/// as it streams.
+pub struct SseClient {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    body: hyper::body::Incoming,
+    buffer: String,
+}
+
+impl SseClient {
+    /// Opens the stream at `path` with extra request `headers`.
+    pub async fn open(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> SseClient {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("HTTP handshake");
+        tokio::spawn(connection);
+        let mut request = Request::builder()
+            .uri(path)
+            .header("host", addr.to_string())
+            .header("accept", "text/event-stream");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request.body(Full::new(Bytes::new())).unwrap();
+        let response = tokio::time::timeout(PATIENCE, sender.send_request(request))
+            .await
+            .expect("response in time")
+            .expect("response");
+        let (parts, body) = response.into_parts();
+        SseClient {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+            buffer: String::new(),
+        }
+    }
+
+    /// The next block of lines up to a blank line (without it); `None`
+    /// once the stream has ended cleanly.
+    pub async fn next_block(&mut self) -> Option<String> {
+        self.up_to("\n\n").await.map(|mut block| {
+            block.truncate(block.len() - 2);
+            block
+        })
+    }
+
+    /// Everything up to and including the next `needle`; `None` once the
+    /// stream has ended cleanly before it.
+    pub async fn up_to(&mut self, needle: &str) -> Option<String> {
+        loop {
+            if let Some(at) = self.buffer.find(needle) {
+                return Some(self.buffer.drain(..at + needle.len()).collect());
+            }
+            let frame = tokio::time::timeout(PATIENCE, self.body.frame())
+                .await
+                .expect("more of the stream in time");
+            match frame {
+                Some(frame) => {
+                    let frame = frame.expect("a readable stream");
+                    if let Some(data) = frame.data_ref() {
+                        self.buffer
+                            .push_str(std::str::from_utf8(data).expect("UTF-8"));
+                    }
+                }
+                None => {
+                    assert!(self.buffer.is_empty(), "ended mid-event: {:?}", self.buffer);
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// The next event's `data` and `id`, skipping comments and blocks that
+    /// only set the id.
+    pub async fn next_event(&mut self) -> (String, Option<String>) {
+        loop {
+            let block = self.next_block().await.expect("an event before the end");
+            let lines: Vec<&str> = block
+                .lines()
+                .filter(|line| !line.starts_with(':'))
+                .collect();
+            let data: Vec<&str> = lines
+                .iter()
+                .filter_map(|line| line.strip_prefix("data: "))
+                .collect();
+            let id = lines
+                .iter()
+                .find_map(|line| line.strip_prefix("id: "))
+                .map(str::to_owned);
+            if !data.is_empty() {
+                return (data.join("\n"), id);
+            }
+        }
+    }
+}
