@@ -1,19 +1,20 @@
 //! Routing and request handlers.
 //!
-//! | route                  | methods   | handler                                |
-//! |------------------------|-----------|----------------------------------------|
-//! | `/`                    | GET       | WebSocket upgrade into the [`Hub`];    |
-//! |                        |           | `?since=ID` resumes after event `ID`   |
-//! | `/api/v1/health`       | GET       | `Ignition!`                            |
-//! | `/api/v1/ready`        | GET       | readiness: database and Redis status   |
-//! | `/api/v1/products`     | GET, POST | listing; creation (admin) + broadcast  |
-//! | `/api/v1/products/:id` | GET       | one product                            |
+//! | route                  | methods            | handler                                 |
+//! |------------------------|--------------------|-----------------------------------------|
+//! | `/`                    | GET                | WebSocket upgrade into the [`Hub`];     |
+//! |                        |                    | `?since=ID` resumes after event `ID`    |
+//! | `/api/v1/health`       | GET                | `Ignition!`                             |
+//! | `/api/v1/ready`        | GET                | readiness: database and Redis status    |
+//! | `/api/v1/products`     | GET, POST          | listing; creation (admin) + broadcast   |
+//! | `/api/v1/products/:id` | GET, PATCH, DELETE | one product; update and delete (admin)  |
+//! |                        |                    | + broadcast                             |
 //!
 //! A trailing slash is ignored, as Express does. Other paths answer 404 and
 //! other methods 405, both as JSON.
 
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Body as HttpBody;
 use ocha_realtime::{Admission, EventId, HandshakeError, Hub, Relay};
@@ -29,7 +30,7 @@ use crate::error::{ApiError, MAX_BODY_BYTES};
 use crate::event_log;
 use crate::listing::ListQuery;
 use crate::object_id;
-use crate::product::NewProduct;
+use crate::product::{NewProduct, ProductChanges};
 use crate::response::{self, Body};
 use crate::server::StartError;
 use crate::store::{Store, StoredEvent};
@@ -149,10 +150,17 @@ impl App {
             (Route::Products, Method::GET) => self.list_products(request.uri().query()).await,
             (Route::Products, Method::POST) => self.create_product(request).await,
             (Route::Product(id), Method::GET) => self.get_product(id).await,
-            (Route::Hub | Route::Health | Route::Ready | Route::Product(_), _) => {
+            (Route::Product(id), Method::PATCH) => {
+                self.update_product(id.to_owned(), request).await
+            }
+            (Route::Product(id), Method::DELETE) => {
+                self.delete_product(id, request.headers()).await
+            }
+            (Route::Hub | Route::Health | Route::Ready, _) => {
                 Err(ApiError::MethodNotAllowed("GET"))
             }
             (Route::Products, _) => Err(ApiError::MethodNotAllowed("GET, POST")),
+            (Route::Product(_), _) => Err(ApiError::MethodNotAllowed("GET, PATCH, DELETE")),
         };
         result.unwrap_or_else(ApiError::into_response)
     }
@@ -166,12 +174,72 @@ impl App {
         self.keys.authorize_admin(request.headers())?;
         let body = read_body(request.into_body()).await?;
         let product = NewProduct::from_json(&body)?.into_product(OffsetDateTime::now_utc());
+        let product = self.store.insert(product, self.on_commit()).await?;
+        Ok(response::json(
+            StatusCode::CREATED,
+            &WithProduct {
+                message: "Product created",
+                product: &product,
+            },
+        ))
+    }
+
+    /// `PATCH /api/v1/products/:id`. Checks run as Express and Mongoose run
+    /// them: the token, the id's format, the body (validated before the
+    /// database is asked, so an invalid body gets 422 even for a product
+    /// that does not exist), then the product's existence and uniqueness.
+    async fn update_product<B>(
+        &self,
+        id: String,
+        request: Request<B>,
+    ) -> Result<Response<Body>, ApiError>
+    where
+        B: HttpBody,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        self.keys.authorize_admin(request.headers())?;
+        let id = product_id(&id)?;
+        let body = read_body(request.into_body()).await?;
+        let changes = ProductChanges::from_json(&body)?;
+        let product = self
+            .store
+            .update(id, changes, OffsetDateTime::now_utc(), self.on_commit())
+            .await?
+            .ok_or(ApiError::ProductNotFound)?;
+        Ok(response::json(
+            StatusCode::OK,
+            &WithProduct {
+                message: "Product updated",
+                product: &product,
+            },
+        ))
+    }
+
+    /// `DELETE /api/v1/products/:id`: 204 with no body.
+    async fn delete_product(
+        &self,
+        id: &str,
+        headers: &HeaderMap,
+    ) -> Result<Response<Body>, ApiError> {
+        self.keys.authorize_admin(headers)?;
+        let id = product_id(id)?;
+        self.store
+            .delete(id, self.on_commit())
+            .await?
+            .ok_or(ApiError::ProductNotFound)?;
+        Ok(response::empty(StatusCode::NO_CONTENT))
+    }
+
+    /// The commit hook of a product change: queues its event for the
+    /// broadcaster.
+    ///
+    /// The hook runs even if the request is dropped while it waits (hyper
+    /// drops it when the client hangs up); the fan-out runs on the
+    /// broadcaster, not on the database's thread or task. An event that
+    /// cannot be queued is still in the log, which the relay reads.
+    fn on_commit(&self) -> impl FnOnce(&StoredEvent) + Send + 'static {
         let broadcasts = self.broadcasts.clone();
-        // The commit hook runs even if this request is dropped while it
-        // waits (hyper drops it when the client hangs up); the fan-out runs
-        // on the broadcaster, not on the database's thread or task. An event
-        // that cannot be queued is still in the log, which the relay reads.
-        let queue = move |event: &StoredEvent| {
+        move |event: &StoredEvent| {
             if broadcasts
                 .try_send(Broadcast::Event(event.clone()))
                 .is_err()
@@ -181,15 +249,7 @@ impl App {
                     "broadcast queue full: the relay reads the event from the log"
                 );
             }
-        };
-        let product = self.store.insert(product, queue).await?;
-        Ok(response::json(
-            StatusCode::CREATED,
-            &WithProduct {
-                message: "Product created",
-                product: &product,
-            },
-        ))
+        }
     }
 
     /// Whether this node can serve: 200 when the database answers (Redis
@@ -256,12 +316,9 @@ impl App {
     }
 
     async fn get_product(&self, id: &str) -> Result<Response<Body>, ApiError> {
-        if !object_id::is_valid(id) {
-            return Err(ApiError::InvalidId);
-        }
         let product = self
             .store
-            .find(id.to_ascii_lowercase())
+            .find(product_id(id)?)
             .await?
             .ok_or(ApiError::ProductNotFound)?;
         Ok(response::json(
@@ -303,6 +360,16 @@ fn route(path: &str) -> Option<Route<'_>> {
             .strip_prefix("products/")
             .filter(|id| !id.is_empty() && !id.contains('/'))
             .map(Route::Product),
+    }
+}
+
+/// A product id from a path, in the form the store keeps ids: MongoDB ids
+/// are case-insensitive hex.
+fn product_id(id: &str) -> Result<String, ApiError> {
+    if object_id::is_valid(id) {
+        Ok(id.to_ascii_lowercase())
+    } else {
+        Err(ApiError::InvalidId)
     }
 }
 

@@ -1,9 +1,10 @@
 //! The thin Ocha server: WebSocket push and the Ocha product API on one
 //! port, admin JWT, embedded SQLite or a shared Postgres. It embeds
 //! [`ocha_realtime`]: a WebSocket upgrade on `/` joins the hub, and every
-//! product created through `POST /api/v1/products` is committed with its
-//! event, then broadcast to every client as
-//! `{"type":"new_product","product":{...},"id":"1"}`.
+//! product created, updated or deleted through `/api/v1/products` is
+//! committed with its event, then broadcast to every client, as
+//! `{"type":"new_product","product":{...},"id":"1"}`, `product_updated` or
+//! `product_deleted`.
 //!
 //! # Modules
 //!
@@ -15,7 +16,8 @@
 //!   carry, byte for byte as the Ocha API writes them.
 //! - [`event_log`]: the database's event log feeding the hub, on one node
 //!   or many (over Redis): resume history, ids, catch-up.
-//! - [`product`]: product validation and documents.
+//! - [`product`]: validation of created and updated products, and their
+//!   documents.
 //! - [`listing`]: listing query parameters and paging.
 //! - [`store`]: products and the event log, in SQLite (on a dedicated
 //!   thread) or Postgres (through a pool).

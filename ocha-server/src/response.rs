@@ -25,6 +25,13 @@ pub fn text(status: StatusCode, body: &'static str) -> Response<Body> {
     )
 }
 
+/// A response with no body, such as 204.
+pub fn empty(status: StatusCode) -> Response<Body> {
+    let mut response = Response::new(Body::default());
+    *response.status_mut() = status;
+    response
+}
+
 fn with_type(status: StatusCode, body: Vec<u8>, content_type: &'static str) -> Response<Body> {
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;

@@ -50,9 +50,9 @@ async fn health_unknown_routes_and_wrong_methods() {
     for (method, path, allow) in [
         (Method::PUT, "/api/v1/products", "GET, POST"),
         (
-            Method::DELETE,
+            Method::PUT,
             "/api/v1/products/65643f1adeadbeef010a0b0c",
-            "GET",
+            "GET, PATCH, DELETE",
         ),
         (Method::POST, "/api/v1/health", "GET"),
         (Method::POST, "/", "GET"),
