@@ -30,6 +30,7 @@ use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+pub mod chromium;
 pub mod daemon;
 pub mod docs_client;
 pub mod postgres;
