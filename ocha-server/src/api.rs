@@ -2,18 +2,21 @@
 //!
 //! | route                  | methods            | handler                                 |
 //! |------------------------|--------------------|-----------------------------------------|
-//! | `/`                    | GET                | WebSocket upgrade into the [`Hub`];     |
-//! |                        |                    | `?since=ID` resumes after event `ID`    |
+//! | `/`                    | GET                | WebSocket upgrade into the [`Hub`],     |
+//! |                        |                    | `?since=ID` resuming after event `ID`;  |
+//! |                        |                    | the [live page](crate::page) otherwise  |
+//! | `/app.js`, `/app.css`  | GET                | the live page's script and style sheet  |
 //! | `/api/v1/health`       | GET                | `Ignition!`                             |
 //! | `/api/v1/ready`        | GET                | readiness: database and Redis status    |
 //! | `/api/v1/products`     | GET, POST          | listing; creation (admin) + broadcast   |
 //! | `/api/v1/products/:id` | GET, PATCH, DELETE | one product; update and delete (admin)  |
 //! |                        |                    | + broadcast                             |
 //!
-//! A trailing slash is ignored, as Express does. Other paths answer 404 and
-//! other methods 405, both as JSON.
+//! A trailing slash is ignored on API paths, as Express does. Other paths
+//! answer 404 and other methods 405, both as JSON.
 
 use bytes::Bytes;
+use http::header::{SEC_WEBSOCKET_KEY, UPGRADE};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Body as HttpBody;
@@ -30,6 +33,7 @@ use crate::error::{ApiError, MAX_BODY_BYTES};
 use crate::event_log;
 use crate::listing::ListQuery;
 use crate::object_id;
+use crate::page::Asset;
 use crate::product::{NewProduct, ProductChanges};
 use crate::response::{self, Body};
 use crate::server::StartError;
@@ -64,7 +68,9 @@ enum Broadcast {
 }
 
 enum Route<'a> {
-    Hub,
+    /// `/`: the hub, or the live page.
+    Root,
+    Asset(Asset),
     Health,
     Ready,
     Products,
@@ -135,7 +141,7 @@ impl App {
         let method = request.method().clone();
         let result = match (route, method) {
             // The hub checks the whole handshake and explains what is missing.
-            (Route::Hub, Method::GET) => {
+            (Route::Root, Method::GET) if asks_for_websocket(request.headers()) => {
                 let admission = match since(request.uri().query()) {
                     Some(since) => Admission::anonymous().since(&since),
                     None => Admission::anonymous(),
@@ -145,6 +151,8 @@ impl App {
                     .upgrade_with(request, admission)
                     .unwrap_or_else(HandshakeError::into_response);
             }
+            (Route::Root, Method::GET) => Ok(Asset::Page.response()),
+            (Route::Asset(asset), Method::GET) => Ok(asset.response()),
             (Route::Health, Method::GET) => Ok(response::text(StatusCode::OK, "Ignition!")),
             (Route::Ready, Method::GET) => Ok(self.readiness().await),
             (Route::Products, Method::GET) => self.list_products(request.uri().query()).await,
@@ -156,7 +164,7 @@ impl App {
             (Route::Product(id), Method::DELETE) => {
                 self.delete_product(id, request.headers()).await
             }
-            (Route::Hub | Route::Health | Route::Ready, _) => {
+            (Route::Root | Route::Asset(_) | Route::Health | Route::Ready, _) => {
                 Err(ApiError::MethodNotAllowed("GET"))
             }
             (Route::Products, _) => Err(ApiError::MethodNotAllowed("GET, POST")),
@@ -349,7 +357,10 @@ async fn broadcast(relay: Relay<Store>, mut queue: mpsc::Receiver<Broadcast>) {
 
 fn route(path: &str) -> Option<Route<'_>> {
     if path == "/" {
-        return Some(Route::Hub);
+        return Some(Route::Root);
+    }
+    if let Some(asset) = Asset::at(path) {
+        return Some(Route::Asset(asset));
     }
     let path = path.strip_suffix('/').unwrap_or(path);
     match path.strip_prefix("/api/v1/")? {
@@ -361,6 +372,16 @@ fn route(path: &str) -> Option<Route<'_>> {
             .filter(|id| !id.is_empty() && !id.contains('/'))
             .map(Route::Product),
     }
+}
+
+/// Whether a request for `/` asks for a WebSocket at all, rightly or not:
+/// with an `Upgrade` header (which every upgrade that
+/// [`ocha_realtime::is_websocket_upgrade`] recognises has) or a
+/// `Sec-WebSocket-Key`. Such a request goes to the hub, whose handshake
+/// check says what is wrong with it; a browser's plain request gets the
+/// live page.
+fn asks_for_websocket(headers: &HeaderMap) -> bool {
+    headers.contains_key(UPGRADE) || headers.contains_key(SEC_WEBSOCKET_KEY)
 }
 
 /// A product id from a path, in the form the store keeps ids: MongoDB ids
@@ -400,7 +421,8 @@ mod tests {
 
     fn routed(path: &str) -> Option<String> {
         route(path).map(|route| match route {
-            Route::Hub => "hub".to_owned(),
+            Route::Root => "root".to_owned(),
+            Route::Asset(asset) => format!("{asset:?}"),
             Route::Health => "health".to_owned(),
             Route::Ready => "ready".to_owned(),
             Route::Products => "products".to_owned(),
@@ -410,7 +432,9 @@ mod tests {
 
     #[test]
     fn routes_paths() {
-        assert_eq!(routed("/").as_deref(), Some("hub"));
+        assert_eq!(routed("/").as_deref(), Some("root"));
+        assert_eq!(routed("/app.js").as_deref(), Some("Script"));
+        assert_eq!(routed("/app.css").as_deref(), Some("Style"));
         assert_eq!(routed("/api/v1/health").as_deref(), Some("health"));
         assert_eq!(routed("/api/v1/ready").as_deref(), Some("ready"));
         assert_eq!(routed("/api/v1/products").as_deref(), Some("products"));
@@ -433,6 +457,8 @@ mod tests {
             "/api/v1/products//",
             "/api/v1/products/a/b",
             "/api/v1/healthz",
+            "/app.js/",
+            "/index.html",
         ] {
             assert_eq!(routed(unknown), None, "{unknown}");
         }

@@ -4,7 +4,8 @@
 //! product created, updated or deleted through `/api/v1/products` is
 //! committed with its event, then broadcast to every client, as
 //! `{"type":"new_product","product":{...},"id":"1"}`, `product_updated` or
-//! `product_deleted`.
+//! `product_deleted`. A browser opening `/` gets a live page of the
+//! products.
 //!
 //! # Modules
 //!
@@ -18,6 +19,7 @@
 //!   or many (over Redis): resume history, ids, catch-up.
 //! - [`product`]: validation of created and updated products, and their
 //!   documents.
+//! - [`page`]: the live page served on `/` to browsers.
 //! - [`listing`]: listing query parameters and paging.
 //! - [`store`]: products and the event log, in SQLite (on a dedicated
 //!   thread) or Postgres (through a pool).
@@ -53,6 +55,7 @@ pub mod event;
 pub mod event_log;
 pub mod listing;
 pub mod object_id;
+pub mod page;
 pub mod product;
 pub mod response;
 pub mod server;
