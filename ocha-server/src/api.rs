@@ -1,21 +1,27 @@
 //! Routing and request handlers.
 //!
-//! | route                  | methods   | handler                                |
-//! |------------------------|-----------|----------------------------------------|
-//! | `/`                    | GET       | WebSocket upgrade into the [`Hub`];    |
-//! |                        |           | `?since=ID` resumes after event `ID`   |
-//! | `/api/v1/health`       | GET       | `Ignition!`                            |
-//! | `/api/v1/ready`        | GET       | readiness: database and Redis status   |
-//! | `/api/v1/events`       | GET       | the events as Server-Sent Events;      |
-//! |                        |           | resumes by `Last-Event-ID` or `?since` |
-//! | `/api/v1/products`     | GET, POST | listing; creation (admin) + broadcast  |
-//! | `/api/v1/products/:id` | GET       | one product                            |
+//! | route                  | methods            | handler                                 |
+//! |------------------------|--------------------|-----------------------------------------|
+//! | `/`                    | GET                | WebSocket upgrade into the [`Hub`],     |
+//! |                        |                    | `?since=ID` resuming after event `ID`;  |
+//! |                        |                    | the [live page](crate::page) otherwise  |
+//! | `/app.js`, `/app.css`  | GET                | the live page's script and style sheet  |
+//! | `/api/v1/health`       | GET                | `Ignition!`                             |
+//! | `/api/v1/ready`        | GET                | readiness: database and Redis status    |
+//! | `/api/v1/events`       | GET                | the events as Server-Sent Events,       |
+//! |                        |                    | resuming by `Last-Event-ID` or `?since` |
+//! | `/api/v1/products`     | GET, POST          | listing; creation (admin) + broadcast   |
+//! | `/api/v1/products/:id` | GET, PATCH, DELETE | one product; update and delete (admin)  |
+//! |                        |                    | + broadcast                             |
+//! | `/api/v1/openapi.json` | GET                | the HTTP API as OpenAPI 3.1             |
+//! | `/api/v1/asyncapi.json`| GET                | the events as AsyncAPI 3.0              |
 //!
-//! A trailing slash is ignored, as Express does. Other paths answer 404 and
-//! other methods 405, both as JSON.
+//! A trailing slash is ignored on API paths, as Express does. Other paths
+//! answer 404 and other methods 405, both as JSON.
 
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode};
+use http::header::{SEC_WEBSOCKET_KEY, UPGRADE};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Either, LengthLimitError, Limited};
 use hyper::body::Body as HttpBody;
 use ocha_realtime::{Admission, EventId, HandshakeError, Hub, Relay};
@@ -31,7 +37,8 @@ use crate::error::{ApiError, MAX_BODY_BYTES};
 use crate::event_log;
 use crate::listing::ListQuery;
 use crate::object_id;
-use crate::product::NewProduct;
+use crate::page::Asset;
+use crate::product::{NewProduct, ProductChanges};
 use crate::response::{self, Body};
 use crate::server::StartError;
 use crate::store::{Store, StoredEvent};
@@ -65,12 +72,34 @@ enum Broadcast {
 }
 
 enum Route<'a> {
-    Hub,
+    /// `/`: the hub, or the live page.
+    Root,
+    Asset(Asset),
     Health,
     Ready,
     Events,
     Products,
     Product(&'a str),
+    Document(Document),
+}
+
+/// The API's descriptions, built into the binary; `tests/api_docs.rs`
+/// checks them against what the server answers.
+#[derive(Debug, Clone, Copy)]
+enum Document {
+    /// The HTTP API, OpenAPI 3.1.
+    OpenApi,
+    /// The events over WebSocket and SSE, AsyncAPI 3.0.
+    AsyncApi,
+}
+
+impl Document {
+    fn response(self) -> Response<Body> {
+        response::static_json(match self {
+            Document::OpenApi => include_str!("../api/openapi.json"),
+            Document::AsyncApi => include_str!("../api/asyncapi.json"),
+        })
+    }
 }
 
 #[derive(Serialize)]
@@ -137,7 +166,7 @@ impl App {
         let method = request.method().clone();
         let result = match (route, method) {
             // The hub checks the whole handshake and explains what is missing.
-            (Route::Hub, Method::GET) => {
+            (Route::Root, Method::GET) if asks_for_websocket(request.headers()) => {
                 let admission = match since(request.uri().query()) {
                     Some(since) => Admission::anonymous().since(&since),
                     None => Admission::anonymous(),
@@ -159,15 +188,31 @@ impl App {
                     Err(refused) => response::whole(refused.into_response()),
                 };
             }
+            (Route::Root, Method::GET) => Ok(Asset::Page.response()),
+            (Route::Asset(asset), Method::GET) => Ok(asset.response()),
             (Route::Health, Method::GET) => Ok(response::text(StatusCode::OK, "Ignition!")),
             (Route::Ready, Method::GET) => Ok(self.readiness().await),
             (Route::Products, Method::GET) => self.list_products(request.uri().query()).await,
             (Route::Products, Method::POST) => self.create_product(request).await,
             (Route::Product(id), Method::GET) => self.get_product(id).await,
-            (Route::Hub | Route::Health | Route::Ready | Route::Events | Route::Product(_), _) => {
-                Err(ApiError::MethodNotAllowed("GET"))
+            (Route::Product(id), Method::PATCH) => {
+                self.update_product(id.to_owned(), request).await
             }
+            (Route::Product(id), Method::DELETE) => {
+                self.delete_product(id, request.headers()).await
+            }
+            (Route::Document(document), Method::GET) => Ok(document.response()),
+            (
+                Route::Root
+                | Route::Asset(_)
+                | Route::Health
+                | Route::Ready
+                | Route::Events
+                | Route::Document(_),
+                _,
+            ) => Err(ApiError::MethodNotAllowed("GET")),
             (Route::Products, _) => Err(ApiError::MethodNotAllowed("GET, POST")),
+            (Route::Product(_), _) => Err(ApiError::MethodNotAllowed("GET, PATCH, DELETE")),
         };
         result.unwrap_or_else(ApiError::into_response)
     }
@@ -181,12 +226,72 @@ impl App {
         self.keys.authorize_admin(request.headers())?;
         let body = read_body(request.into_body()).await?;
         let product = NewProduct::from_json(&body)?.into_product(OffsetDateTime::now_utc());
+        let product = self.store.insert(product, self.on_commit()).await?;
+        Ok(response::json(
+            StatusCode::CREATED,
+            &WithProduct {
+                message: "Product created",
+                product: &product,
+            },
+        ))
+    }
+
+    /// `PATCH /api/v1/products/:id`. Checks run as Express and Mongoose run
+    /// them: the token, the id's format, the body (validated before the
+    /// database is asked, so an invalid body gets 422 even for a product
+    /// that does not exist), then the product's existence and uniqueness.
+    async fn update_product<B>(
+        &self,
+        id: String,
+        request: Request<B>,
+    ) -> Result<Response<Body>, ApiError>
+    where
+        B: HttpBody,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        self.keys.authorize_admin(request.headers())?;
+        let id = product_id(&id)?;
+        let body = read_body(request.into_body()).await?;
+        let changes = ProductChanges::from_json(&body)?;
+        let product = self
+            .store
+            .update(id, changes, OffsetDateTime::now_utc(), self.on_commit())
+            .await?
+            .ok_or(ApiError::ProductNotFound)?;
+        Ok(response::json(
+            StatusCode::OK,
+            &WithProduct {
+                message: "Product updated",
+                product: &product,
+            },
+        ))
+    }
+
+    /// `DELETE /api/v1/products/:id`: 204 with no body.
+    async fn delete_product(
+        &self,
+        id: &str,
+        headers: &HeaderMap,
+    ) -> Result<Response<Body>, ApiError> {
+        self.keys.authorize_admin(headers)?;
+        let id = product_id(id)?;
+        self.store
+            .delete(id, self.on_commit())
+            .await?
+            .ok_or(ApiError::ProductNotFound)?;
+        Ok(response::empty(StatusCode::NO_CONTENT))
+    }
+
+    /// The commit hook of a product change: queues its event for the
+    /// broadcaster.
+    ///
+    /// The hook runs even if the request is dropped while it waits (hyper
+    /// drops it when the client hangs up); the fan-out runs on the
+    /// broadcaster, not on the database's thread or task. An event that
+    /// cannot be queued is still in the log, which the relay reads.
+    fn on_commit(&self) -> impl FnOnce(&StoredEvent) + Send + 'static {
         let broadcasts = self.broadcasts.clone();
-        // The commit hook runs even if this request is dropped while it
-        // waits (hyper drops it when the client hangs up); the fan-out runs
-        // on the broadcaster, not on the database's thread or task. An event
-        // that cannot be queued is still in the log, which the relay reads.
-        let queue = move |event: &StoredEvent| {
+        move |event: &StoredEvent| {
             if broadcasts
                 .try_send(Broadcast::Event(event.clone()))
                 .is_err()
@@ -196,15 +301,7 @@ impl App {
                     "broadcast queue full: the relay reads the event from the log"
                 );
             }
-        };
-        let product = self.store.insert(product, queue).await?;
-        Ok(response::json(
-            StatusCode::CREATED,
-            &WithProduct {
-                message: "Product created",
-                product: &product,
-            },
-        ))
+        }
     }
 
     /// Whether this node can serve: 200 when the database answers (Redis
@@ -271,12 +368,9 @@ impl App {
     }
 
     async fn get_product(&self, id: &str) -> Result<Response<Body>, ApiError> {
-        if !object_id::is_valid(id) {
-            return Err(ApiError::InvalidId);
-        }
         let product = self
             .store
-            .find(id.to_ascii_lowercase())
+            .find(product_id(id)?)
             .await?
             .ok_or(ApiError::ProductNotFound)?;
         Ok(response::json(
@@ -307,7 +401,10 @@ async fn broadcast(relay: Relay<Store>, mut queue: mpsc::Receiver<Broadcast>) {
 
 fn route(path: &str) -> Option<Route<'_>> {
     if path == "/" {
-        return Some(Route::Hub);
+        return Some(Route::Root);
+    }
+    if let Some(asset) = Asset::at(path) {
+        return Some(Route::Asset(asset));
     }
     let path = path.strip_suffix('/').unwrap_or(path);
     match path.strip_prefix("/api/v1/")? {
@@ -315,10 +412,32 @@ fn route(path: &str) -> Option<Route<'_>> {
         "ready" => Some(Route::Ready),
         "events" => Some(Route::Events),
         "products" => Some(Route::Products),
+        "openapi.json" => Some(Route::Document(Document::OpenApi)),
+        "asyncapi.json" => Some(Route::Document(Document::AsyncApi)),
         rest => rest
             .strip_prefix("products/")
             .filter(|id| !id.is_empty() && !id.contains('/'))
             .map(Route::Product),
+    }
+}
+
+/// Whether a request for `/` asks for a WebSocket at all, rightly or not:
+/// with an `Upgrade` header (which every upgrade that
+/// [`ocha_realtime::is_websocket_upgrade`] recognises has) or a
+/// `Sec-WebSocket-Key`. Such a request goes to the hub, whose handshake
+/// check says what is wrong with it; a browser's plain request gets the
+/// live page.
+fn asks_for_websocket(headers: &HeaderMap) -> bool {
+    headers.contains_key(UPGRADE) || headers.contains_key(SEC_WEBSOCKET_KEY)
+}
+
+/// A product id from a path, in the form the store keeps ids: MongoDB ids
+/// are case-insensitive hex.
+fn product_id(id: &str) -> Result<String, ApiError> {
+    if object_id::is_valid(id) {
+        Ok(id.to_ascii_lowercase())
+    } else {
+        Err(ApiError::InvalidId)
     }
 }
 
@@ -349,21 +468,27 @@ mod tests {
 
     fn routed(path: &str) -> Option<String> {
         route(path).map(|route| match route {
-            Route::Hub => "hub".to_owned(),
+            Route::Root => "root".to_owned(),
+            Route::Asset(asset) => format!("{asset:?}"),
             Route::Health => "health".to_owned(),
             Route::Ready => "ready".to_owned(),
             Route::Events => "events".to_owned(),
             Route::Products => "products".to_owned(),
             Route::Product(id) => format!("product {id}"),
+            Route::Document(document) => format!("{document:?}"),
         })
     }
 
     #[test]
     fn routes_paths() {
-        assert_eq!(routed("/").as_deref(), Some("hub"));
+        assert_eq!(routed("/").as_deref(), Some("root"));
+        assert_eq!(routed("/app.js").as_deref(), Some("Script"));
+        assert_eq!(routed("/app.css").as_deref(), Some("Style"));
         assert_eq!(routed("/api/v1/health").as_deref(), Some("health"));
         assert_eq!(routed("/api/v1/ready").as_deref(), Some("ready"));
         assert_eq!(routed("/api/v1/events").as_deref(), Some("events"));
+        assert_eq!(routed("/api/v1/openapi.json").as_deref(), Some("OpenApi"));
+        assert_eq!(routed("/api/v1/asyncapi.json").as_deref(), Some("AsyncApi"));
         assert_eq!(routed("/api/v1/products").as_deref(), Some("products"));
         assert_eq!(routed("/api/v1/products/").as_deref(), Some("products"));
         assert_eq!(
@@ -384,6 +509,8 @@ mod tests {
             "/api/v1/products//",
             "/api/v1/products/a/b",
             "/api/v1/healthz",
+            "/app.js/",
+            "/index.html",
         ] {
             assert_eq!(routed(unknown), None, "{unknown}");
         }

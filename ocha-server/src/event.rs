@@ -28,6 +28,16 @@ pub enum Event {
         /// The product as persisted.
         product: Product,
     },
+    /// A product was updated and committed: `{"type":"product_updated",...}`.
+    ProductUpdated {
+        /// The product as persisted, its new `updatedAt` included.
+        product: Product,
+    },
+    /// A product was deleted and committed: `{"type":"product_deleted",...}`.
+    ProductDeleted {
+        /// The product as it was just before.
+        product: Product,
+    },
 }
 
 /// An event with its position in the event log, as clients receive it: the
@@ -155,6 +165,32 @@ mod tests {
         );
         let back: Event = serde_json::from_str(&json).unwrap();
         assert_eq!(back, Event::NewProduct { product: product() });
+    }
+
+    #[test]
+    fn updates_and_deletes_carry_the_document_under_their_own_type() {
+        let document = serde_json::to_string(&product()).unwrap();
+        for (event, kind) in [
+            (
+                Event::ProductUpdated { product: product() },
+                "product_updated",
+            ),
+            (
+                Event::ProductDeleted { product: product() },
+                "product_deleted",
+            ),
+        ] {
+            let json = serde_json::to_string(&Numbered {
+                event: &event,
+                id: "7".into(),
+            })
+            .unwrap();
+            assert_eq!(
+                json,
+                format!(r#"{{"type":"{kind}","product":{document},"id":"7"}}"#)
+            );
+            assert_eq!(serde_json::from_str::<Event>(&json).unwrap(), event);
+        }
     }
 
     #[test]

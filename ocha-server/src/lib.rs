@@ -1,9 +1,11 @@
 //! The thin Ocha server: WebSocket push and the Ocha product API on one
 //! port, admin JWT, embedded SQLite or a shared Postgres. It embeds
 //! [`ocha_realtime`]: a WebSocket upgrade on `/` joins the hub, and every
-//! product created through `POST /api/v1/products` is committed with its
-//! event, then broadcast to every client as
-//! `{"type":"new_product","product":{...},"id":"1"}`.
+//! product created, updated or deleted through `/api/v1/products` is
+//! committed with its event, then broadcast to every client, as
+//! `{"type":"new_product","product":{...},"id":"1"}`, `product_updated` or
+//! `product_deleted`. A browser opening `/` gets a live page of the
+//! products.
 //!
 //! # Modules
 //!
@@ -15,7 +17,9 @@
 //!   carry, byte for byte as the Ocha API writes them.
 //! - [`event_log`]: the database's event log feeding the hub, on one node
 //!   or many (over Redis): resume history, ids, catch-up.
-//! - [`product`]: product validation and documents.
+//! - [`product`]: validation of created and updated products, and their
+//!   documents.
+//! - [`page`]: the live page served on `/` to browsers.
 //! - [`listing`]: listing query parameters and paging.
 //! - [`store`]: products and the event log, in SQLite (on a dedicated
 //!   thread) or Postgres (through a pool).
@@ -51,6 +55,7 @@ pub mod event;
 pub mod event_log;
 pub mod listing;
 pub mod object_id;
+pub mod page;
 pub mod product;
 pub mod response;
 pub mod server;

@@ -1,12 +1,31 @@
-//! Validation of product creation requests, following the Ocha API's rules,
-//! and the product documents built from them.
+//! Validation of product creation and update requests, following the Ocha
+//! API's rules, and the product documents built from them.
 //!
-//! Checks run in the API's order: the body must be a JSON object, then every
-//! required field must be present and non-empty, then each field must have
-//! the right type and range. Unknown fields are ignored, as Mongoose does.
+//! Creation checks run in the API's order: the body must be a JSON object,
+//! then every required field must be present and non-empty, then each field
+//! must have the right type and range. Unknown fields are ignored, as
+//! Mongoose does.
+//!
+//! An update ([`ProductChanges`]) checks each field it sets by the same
+//! rules, and changes nothing else. What the Ocha API does through
+//! Mongoose's `findByIdAndUpdate(id, body, {runValidators: true})`, and so
+//! what an update here does:
+//!
+//! - A required field may be left out, but not set to `null` or a blank
+//!   string (Mongoose's `required` validator runs on the paths an update
+//!   sets).
+//! - `null` for an optional field (`isActive`, `size`, `extra_chf`, or one
+//!   size of `extra_chf`) means its default, as on creation.
+//! - `extra_chf` replaces the whole surcharge table: sizes it leaves out take
+//!   their default, not their current value. Mongoose sends a nested object
+//!   as one `$set` of the whole object, which MongoDB replaces rather than
+//!   merges, and fills in the defaults of the missing sizes when it reads the
+//!   document back (Automattic/mongoose#2991, #5285).
+//! - `_id`, `createdAt` and `updatedAt` are ignored like unknown fields
+//!   (Mongoose keeps `_id` and `createdAt` immutable and sets `updatedAt`).
 
 use crate::event::{ExtraChf, Product, Size};
-use serde_json::Value;
+use serde_json::{Map, Value};
 use thiserror::Error;
 use time::macros::format_description;
 use time::{OffsetDateTime, UtcOffset};
@@ -74,14 +93,7 @@ pub struct NewProduct {
 impl NewProduct {
     /// Parses and validates a request body.
     pub fn from_json(body: &[u8]) -> Result<NewProduct, ProductError> {
-        let body: Value =
-            serde_json::from_slice(body).map_err(|e| ProductError::Json(e.to_string()))?;
-        if !body.is_object() {
-            return Err(ProductError::Json(format!(
-                "expected an object, found {}",
-                kind(&body)
-            )));
-        }
+        let body = object(body)?;
         if REQUIRED_FIELDS.iter().any(|field| is_blank(&body[*field])) {
             return Err(ProductError::MissingFields);
         }
@@ -119,6 +131,78 @@ impl NewProduct {
     }
 }
 
+/// A validated update: the fields a `PATCH` body sets, each checked as on
+/// creation (see the [module docs](self) for what differs). `None` leaves a
+/// field as it is.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProductChanges {
+    /// Trimmed, non-empty slug.
+    pub slug: Option<String>,
+    /// Trimmed, non-empty name.
+    pub name: Option<String>,
+    /// Trimmed, non-empty category.
+    pub category: Option<String>,
+    /// Trimmed, non-empty description.
+    pub description: Option<String>,
+    /// Non-negative base price in Swiss francs.
+    pub base_price_chf: Option<f64>,
+    /// `true` for `null`.
+    pub is_active: Option<bool>,
+    /// Trimmed, non-empty image URL or path.
+    pub image: Option<String>,
+    /// At least one size, each at most once; S, M, L for `null`.
+    pub size: Option<Vec<Size>>,
+    /// The whole surcharge table: sizes left out take their default.
+    pub extra_chf: Option<ExtraChf>,
+}
+
+impl ProductChanges {
+    /// Parses and validates a request body. An empty body changes nothing,
+    /// as for Express's JSON body parser, which reads one as `{}`.
+    pub fn from_json(body: &[u8]) -> Result<ProductChanges, ProductError> {
+        let body = if body.is_empty() {
+            Value::Object(Map::new())
+        } else {
+            object(body)?
+        };
+        Ok(ProductChanges {
+            slug: changed_text(&body, "slug", MAX_SLUG_CHARS)?,
+            name: changed_text(&body, "name", MAX_NAME_CHARS)?,
+            category: changed_text(&body, "category", MAX_CATEGORY_CHARS)?,
+            description: changed_text(&body, "description", MAX_DESCRIPTION_CHARS)?,
+            base_price_chf: body
+                .get("basePriceCHF")
+                .map(|value| amount(value, "basePriceCHF"))
+                .transpose()?,
+            is_active: body.get("isActive").map(is_active).transpose()?,
+            image: changed_text(&body, "image", MAX_IMAGE_CHARS)?,
+            size: body.get("size").map(sizes).transpose()?,
+            extra_chf: body.get("extra_chf").map(extra_chf).transpose()?,
+        })
+    }
+
+    /// Applies the changes to `product` and stamps its `updatedAt` with
+    /// `now`, whether or not anything changed: Mongoose's timestamps set
+    /// `updatedAt` on every `findByIdAndUpdate`.
+    pub fn apply_to(self, product: &mut Product, now: OffsetDateTime) {
+        fn set<T>(field: &mut T, change: Option<T>) {
+            if let Some(value) = change {
+                *field = value;
+            }
+        }
+        set(&mut product.slug, self.slug);
+        set(&mut product.name, self.name);
+        set(&mut product.category, self.category);
+        set(&mut product.description, self.description);
+        set(&mut product.base_price_chf, self.base_price_chf);
+        set(&mut product.is_active, self.is_active);
+        set(&mut product.image, self.image);
+        set(&mut product.size, self.size);
+        set(&mut product.extra_chf, self.extra_chf);
+        product.updated_at = timestamp(now);
+    }
+}
+
 /// Formats `at` as JavaScript's `Date.toISOString` does: UTC, milliseconds, `Z`.
 pub fn timestamp(at: OffsetDateTime) -> String {
     at.to_offset(UtcOffset::UTC)
@@ -127,6 +211,19 @@ pub fn timestamp(at: OffsetDateTime) -> String {
         ))
         // Every component is available on an OffsetDateTime, so this cannot fail.
         .expect("a UTC date formats")
+}
+
+/// The body as JSON, which must be an object.
+fn object(body: &[u8]) -> Result<Value, ProductError> {
+    let body: Value =
+        serde_json::from_slice(body).map_err(|e| ProductError::Json(e.to_string()))?;
+    if !body.is_object() {
+        return Err(ProductError::Json(format!(
+            "expected an object, found {}",
+            kind(&body)
+        )));
+    }
+    Ok(body)
 }
 
 fn is_blank(value: &Value) -> bool {
@@ -148,6 +245,22 @@ fn text(body: &Value, field: &str, max_chars: usize) -> Result<String, ProductEr
         )));
     }
     Ok(trimmed.to_owned())
+}
+
+/// A required text field in an update: `None` when absent; when present,
+/// checked as on creation and not blank.
+fn changed_text(
+    body: &Value,
+    field: &str,
+    max_chars: usize,
+) -> Result<Option<String>, ProductError> {
+    match body.get(field) {
+        None => Ok(None),
+        Some(value @ Value::String(_)) if is_blank(value) => {
+            Err(ProductError::Invalid(format!("{field} must not be empty")))
+        }
+        Some(_) => text(body, field, max_chars).map(Some),
+    }
 }
 
 fn amount(value: &Value, field: &str) -> Result<f64, ProductError> {
@@ -487,6 +600,212 @@ mod tests {
         assert_eq!(&product.id[..8], format!("{:08x}", 1_764_265_708u32));
         assert_eq!(product.created_at, "2025-11-27T17:48:28.123Z");
         assert_eq!(product.updated_at, product.created_at);
+    }
+
+    fn changes(body: &Value) -> Result<ProductChanges, ProductError> {
+        ProductChanges::from_json(body.to_string().as_bytes())
+    }
+
+    #[test]
+    fn an_empty_update_changes_nothing() {
+        assert_eq!(
+            ProductChanges::from_json(b""),
+            Ok(ProductChanges::default())
+        );
+        assert_eq!(changes(&json!({})), Ok(ProductChanges::default()));
+        // Fields the API does not let clients set are ignored like unknown ones.
+        assert_eq!(
+            changes(&json!({
+                "_id": "65643f1adeadbeef010a0b0c",
+                "createdAt": "2020-01-01T00:00:00.000Z",
+                "updatedAt": "2020-01-01T00:00:00.000Z",
+                "color": "green"
+            })),
+            Ok(ProductChanges::default())
+        );
+    }
+
+    #[test]
+    fn an_update_takes_each_field_it_sets_trimmed() {
+        let mut body = valid();
+        body["slug"] = json!(" hojicha-latte ");
+        body["isActive"] = json!(false);
+        body["size"] = json!(["M"]);
+        body["extra_chf"] = json!({"S": 1, "M": 2.5, "L": 4});
+        assert_eq!(
+            changes(&body),
+            Ok(ProductChanges {
+                slug: Some("hojicha-latte".into()),
+                name: Some("Matcha Latte".into()),
+                category: Some("tea".into()),
+                description: Some("Ceremonial matcha".into()),
+                base_price_chf: Some(6.5),
+                is_active: Some(false),
+                image: Some("/img/matcha.png".into()),
+                size: Some(vec![Size::M]),
+                extra_chf: Some(ExtraChf {
+                    s: 1.0,
+                    m: 2.5,
+                    l: 4.0
+                }),
+            })
+        );
+        assert_eq!(
+            changes(&json!({"name": "\tHojicha "})),
+            Ok(ProductChanges {
+                name: Some("Hojicha".into()),
+                ..ProductChanges::default()
+            })
+        );
+    }
+
+    #[test]
+    fn an_update_may_not_empty_a_required_field() {
+        for field in ["slug", "name", "category", "description", "image"] {
+            for blank in ["", "  \t"] {
+                assert_eq!(
+                    changes(&json!({ field: blank })),
+                    Err(ProductError::Invalid(format!("{field} must not be empty"))),
+                    "{field}"
+                );
+            }
+            assert_eq!(
+                changes(&json!({ field: null })),
+                Err(ProductError::Invalid(format!(
+                    "{field} must be a string, found null"
+                )))
+            );
+        }
+        assert_eq!(
+            changes(&json!({"basePriceCHF": null})),
+            Err(ProductError::Invalid(
+                "basePriceCHF must be a number, found null".into()
+            ))
+        );
+    }
+
+    #[test]
+    fn null_sets_an_optional_field_to_its_default() {
+        assert_eq!(
+            changes(&json!({"isActive": null, "size": null, "extra_chf": null})),
+            Ok(ProductChanges {
+                is_active: Some(true),
+                size: Some(vec![Size::S, Size::M, Size::L]),
+                extra_chf: Some(ExtraChf::default()),
+                ..ProductChanges::default()
+            })
+        );
+    }
+
+    #[test]
+    fn a_partial_extra_chf_replaces_the_table_with_defaults_for_the_rest() {
+        assert_eq!(
+            changes(&json!({"extra_chf": {"M": 1.5, "L": null}})),
+            Ok(ProductChanges {
+                extra_chf: Some(ExtraChf {
+                    s: 0.0,
+                    m: 1.5,
+                    l: 3.0
+                }),
+                ..ProductChanges::default()
+            })
+        );
+    }
+
+    #[test]
+    fn an_update_checks_types_ranges_and_lengths_as_creation_does() {
+        let cases = [
+            (json!({"slug": 42}), "slug must be a string, found a number"),
+            (
+                json!({"basePriceCHF": "6.5"}),
+                "basePriceCHF must be a number, found a string",
+            ),
+            (
+                json!({"basePriceCHF": -0.5}),
+                "basePriceCHF must not be negative",
+            ),
+            (
+                json!({"isActive": "yes"}),
+                "isActive must be a boolean, found a string",
+            ),
+            (json!({"size": []}), "size must list at least one size"),
+            (json!({"size": ["M", "M"]}), "size lists M more than once"),
+            (
+                json!({"extra_chf": {"L": -1}}),
+                "extra_chf.L must not be negative",
+            ),
+            (
+                json!({"extra_chf": [0, 2, 3]}),
+                "extra_chf must be an object, found an array",
+            ),
+            (
+                json!({"name": "é".repeat(MAX_NAME_CHARS + 1)}),
+                "name must be at most 200 characters",
+            ),
+        ];
+        for (body, error) in cases {
+            assert_eq!(
+                changes(&body),
+                Err(ProductError::Invalid(error.into())),
+                "{body}"
+            );
+        }
+        // The longest name, multi-byte and padded, is accepted.
+        let longest = format!(" {} ", "é".repeat(MAX_NAME_CHARS));
+        assert!(changes(&json!({ "name": longest })).is_ok());
+    }
+
+    #[test]
+    fn an_update_rejects_malformed_json_and_non_objects() {
+        assert!(matches!(
+            ProductChanges::from_json(b"{\"name\":"),
+            Err(ProductError::Json(e)) if e.contains("EOF")
+        ));
+        assert!(matches!(
+            ProductChanges::from_json(b" "),
+            Err(ProductError::Json(_))
+        ));
+        assert_eq!(
+            ProductChanges::from_json(b"[]"),
+            Err(ProductError::Json(
+                "expected an object, found an array".into()
+            ))
+        );
+    }
+
+    #[test]
+    fn applying_changes_sets_only_those_fields_and_stamps_updated_at() {
+        let created = OffsetDateTime::from_unix_timestamp(1_764_265_708).unwrap();
+        let product = parse(&valid()).unwrap().into_product(created);
+        let later = created + time::Duration::milliseconds(1_500);
+
+        let mut updated = product.clone();
+        changes(&json!({"name": "Hojicha", "extra_chf": {"S": 1}}))
+            .unwrap()
+            .apply_to(&mut updated, later);
+        assert_eq!(
+            updated,
+            Product {
+                name: "Hojicha".into(),
+                extra_chf: ExtraChf {
+                    s: 1.0,
+                    m: 2.0,
+                    l: 3.0
+                },
+                updated_at: "2025-11-27T17:48:29.500Z".into(),
+                ..product.clone()
+            }
+        );
+
+        let mut untouched = product.clone();
+        ProductChanges::default().apply_to(&mut untouched, later);
+        assert_eq!(
+            untouched,
+            Product {
+                updated_at: "2025-11-27T17:48:29.500Z".into(),
+                ..product
+            }
+        );
     }
 
     #[test]

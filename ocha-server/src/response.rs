@@ -23,6 +23,15 @@ pub fn json(status: StatusCode, body: &impl Serialize) -> Response<Body> {
     with_type(status, bytes, "application/json")
 }
 
+/// A JSON document built into the binary, as it is.
+pub fn static_json(body: &'static str) -> Response<Body> {
+    let mut response = Response::new(Either::Left(Full::new(Bytes::from_static(body.as_bytes()))));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
 /// A plain-text response.
 pub fn text(status: StatusCode, body: &'static str) -> Response<Body> {
     with_type(
@@ -30,6 +39,13 @@ pub fn text(status: StatusCode, body: &'static str) -> Response<Body> {
         body.as_bytes().to_vec(),
         "text/plain; charset=utf-8",
     )
+}
+
+/// A response with no body, such as 204.
+pub fn empty(status: StatusCode) -> Response<Body> {
+    let mut response = Response::new(Either::Left(Full::default()));
+    *response.status_mut() = status;
+    response
 }
 
 fn with_type(status: StatusCode, body: Vec<u8>, content_type: &'static str) -> Response<Body> {

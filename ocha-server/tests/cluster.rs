@@ -1,7 +1,7 @@
 //! Several nodes sharing Postgres and Redis, through the real binary and
-//! real servers: every client of every node gets each product once, with
-//! the same id, whichever node took the POST; Redis outages, a node killed
-//! right after a commit, and concurrent creates.
+//! real servers: every client of every node gets each product change once,
+//! with the same id, whichever node took the request; Redis outages, a node
+//! killed right after a commit, and concurrent creates.
 
 mod common;
 
@@ -143,6 +143,53 @@ async fn three_nodes_deliver_each_product_once_everywhere_with_the_same_id() {
             (event_id(&event), event_product_name(&event)),
             (7, "Matcha Latte 100".into())
         );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updates_and_deletes_on_either_node_reach_every_client_once() {
+    let postgres = PostgresServer::new();
+    let redis = RedisServer::new();
+    let nodes = [
+        Node::start(&postgres, Some(&redis)).await,
+        Node::start(&postgres, Some(&redis)).await,
+    ];
+    for node in &nodes {
+        until_ready(node, "Redis up", |ready| ready["redis"] == "up").await;
+    }
+    let mut clients = [
+        ws_connect(nodes[0].addr).await,
+        ws_connect(nodes[1].addr).await,
+    ];
+    let admin = admin_token();
+
+    let created = nodes[0].create(1).await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    let id = product_id(&created);
+    let updated = patch_product(nodes[1].addr, Some(&admin), &id, r#"{"name":"Hojicha"}"#).await;
+    assert_eq!(updated.status, 200, "{}", updated.text());
+    // The other node serves the update at once: the product lives in Postgres.
+    let found = get(nodes[0].addr, &format!("/api/v1/products/{id}")).await;
+    assert_eq!(raw_product(&found), raw_product(&updated));
+    let deleted = delete_product(nodes[0].addr, Some(&admin), &id).await;
+    assert_eq!(deleted.status, 204, "{}", deleted.text());
+
+    let expected = [
+        format!(
+            r#"{{"type":"new_product","product":{},"id":"1"}}"#,
+            raw_product(&created)
+        ),
+        format!(
+            r#"{{"type":"product_updated","product":{},"id":"2"}}"#,
+            raw_product(&updated)
+        ),
+        format!(
+            r#"{{"type":"product_deleted","product":{},"id":"3"}}"#,
+            raw_product(&updated)
+        ),
+    ];
+    for ws in &mut clients {
+        assert_eq!(events(ws, 3).await, expected);
     }
 }
 

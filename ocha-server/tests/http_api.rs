@@ -50,9 +50,9 @@ async fn health_unknown_routes_and_wrong_methods() {
     for (method, path, allow) in [
         (Method::PUT, "/api/v1/products", "GET, POST"),
         (
-            Method::DELETE,
+            Method::PUT,
             "/api/v1/products/65643f1adeadbeef010a0b0c",
-            "GET",
+            "GET, PATCH, DELETE",
         ),
         (Method::POST, "/api/v1/health", "GET"),
         (Method::POST, "/", "GET"),
@@ -62,8 +62,107 @@ async fn health_unknown_routes_and_wrong_methods() {
         assert_eq!(reply.headers["allow"], allow);
     }
 
-    // A plain GET on the WebSocket endpoint is refused by the hub's handshake check.
-    assert_eq!(get(server.addr, "/").await.status, StatusCode::BAD_REQUEST);
+    server.stop().await;
+}
+
+/// A GET with extra headers, on a fresh connection.
+async fn get_with(addr: std::net::SocketAddr, path: &str, headers: &[(&str, &str)]) -> Reply {
+    use http_body_util::{BodyExt, Full};
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let mut request = http::Request::get(path).header("host", addr.to_string());
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = sender
+        .send_request(request.body(Full::new(bytes::Bytes::new())).unwrap())
+        .await
+        .unwrap();
+    let (parts, body) = response.into_parts();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body: body.collect().await.unwrap().to_bytes(),
+    }
+}
+
+#[tokio::test]
+async fn browsers_get_the_live_page_on_the_websocket_endpoint() {
+    let dir = TempDir::new("page");
+    let server = TestServer::start(&dir.database()).await;
+    let addr = server.addr;
+
+    // What a browser sends when it opens the address.
+    let browser = [
+        ("accept", "text/html,application/xhtml+xml"),
+        ("connection", "keep-alive"),
+    ];
+    for path in ["/", "/?since=3"] {
+        let page = get_with(addr, path, &browser).await;
+        assert_eq!(page.status, StatusCode::OK);
+        assert_eq!(page.headers["content-type"], "text/html; charset=utf-8");
+        assert_eq!(
+            page.headers["content-security-policy"],
+            "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
+             base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+        );
+        assert_eq!(page.headers["x-content-type-options"], "nosniff");
+        assert_eq!(page.text(), include_str!("../src/page/index.html"));
+    }
+    for (path, content_type, body) in [
+        (
+            "/app.js",
+            "text/javascript; charset=utf-8",
+            include_str!("../src/page/app.js"),
+        ),
+        (
+            "/app.css",
+            "text/css; charset=utf-8",
+            include_str!("../src/page/app.css"),
+        ),
+    ] {
+        let asset = get(addr, path).await;
+        assert_eq!(
+            (asset.status, &asset.headers["content-type"], asset.text()),
+            (StatusCode::OK, &content_type.parse().unwrap(), body)
+        );
+        let reply = send(addr, Method::POST, path, None, "").await;
+        reply.assert_json(405, r#"{"message":"Method not allowed"}"#);
+        assert_eq!(reply.headers["allow"], "GET");
+    }
+
+    // A request that asks for a WebSocket at all goes to the hub, which
+    // says what is wrong with it.
+    for (headers, error) in [
+        (
+            &[("upgrade", "websocket")][..],
+            r#"missing "Connection: upgrade" header"#,
+        ),
+        (
+            &[("connection", "upgrade"), ("upgrade", "h2c")][..],
+            r#"missing "Upgrade: websocket" header"#,
+        ),
+        (
+            &[
+                ("connection", "upgrade"),
+                ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ][..],
+            r#"missing "Upgrade: websocket" header"#,
+        ),
+    ] {
+        let refused = get_with(addr, "/", headers).await;
+        assert_eq!(
+            (refused.status, refused.text()),
+            (StatusCode::BAD_REQUEST, error),
+            "{headers:?}"
+        );
+    }
+    // And a WebSocket client still connects, welcome and all.
+    drop(ws_connect(addr).await);
     server.stop().await;
 }
 

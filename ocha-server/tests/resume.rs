@@ -1,6 +1,6 @@
 //! Event ids and resume through the real binary on SQLite: missed events
-//! after a dropped socket, across a restart, and `resync` when they are no
-//! longer kept.
+//! (creations, updates and deletions) after a dropped socket, across a
+//! restart, and `resync` when they are no longer kept.
 
 mod common;
 
@@ -65,6 +65,49 @@ async fn a_client_whose_socket_died_resumes_with_exactly_what_it_missed() {
     assert_quiet(&mut ws).await;
     drop((ws, observer));
     stop_binary(&mut server).await;
+}
+
+#[tokio::test]
+async fn updates_and_deletions_are_replayed_too_across_a_restart() {
+    let dir = TempDir::new("resume-changes");
+    let (mut server, addr) = start_binary(&dir).await;
+    let mut observer = ws_connect(addr).await;
+    let id = product_id(&create_on(addr, 1).await);
+    assert_eq!(event_id(&next_text(&mut observer).await), 1);
+
+    let admin = admin_token();
+    let updated = patch_product(addr, Some(&admin), &id, r#"{"name":"Hojicha"}"#).await;
+    assert_eq!(updated.status, 200, "{}", updated.text());
+    assert_eq!(delete_product(addr, Some(&admin), &id).await.status, 204);
+    let document = raw_product(&updated);
+    let missed = [
+        format!(r#"{{"type":"product_updated","product":{document},"id":"2"}}"#),
+        format!(r#"{{"type":"product_deleted","product":{document},"id":"3"}}"#),
+    ];
+    for event in &missed {
+        assert_eq!(&next_text(&mut observer).await, event);
+    }
+    drop(observer);
+
+    // A client that saw only the creation gets both, from this server and
+    // from the next one on the same database.
+    assert_resumes_with(addr, "1", &missed).await;
+    stop_binary(&mut server).await;
+    let (mut server, addr) = start_binary(&dir).await;
+    assert_resumes_with(addr, "1", &missed).await;
+    stop_binary(&mut server).await;
+}
+
+/// Asserts that a client resuming after `since` gets `events`, the last of
+/// which is the last in the log, and nothing more.
+async fn assert_resumes_with(addr: std::net::SocketAddr, since: &str, events: &[String]) {
+    let (mut ws, welcome) = ws_resume(addr, since).await;
+    let last = events.last().expect("events to resume with");
+    assert_eq!(welcome, welcome_at(event_id(last)));
+    for event in events {
+        assert_eq!(&next_text(&mut ws).await, event);
+    }
+    assert_quiet(&mut ws).await;
 }
 
 #[tokio::test]

@@ -10,7 +10,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use common::postgres::PostgresServer;
 use ocha_server::config::Database;
 use ocha_server::event::{ExtraChf, Product, Size};
+use ocha_server::product::ProductChanges;
 use ocha_server::store::{Activity, Store, StoreError, StoredEvent};
+use time::OffsetDateTime;
 
 /// Runs each check, given the database to open, against both backends.
 macro_rules! on_both_backends {
@@ -45,6 +47,10 @@ on_both_backends!(
     products_round_trip_exactly_and_list_in_insertion_order,
     ping_answers,
     cuts_by_time_leave_no_hole_when_clocks_disagree,
+    updates_and_deletes_commit_their_events_with_the_next_ids,
+    a_missing_product_is_neither_updated_nor_deleted_and_takes_no_id,
+    update_conflicts_report_the_slug_first_and_change_nothing,
+    an_update_that_changes_nothing_still_stamps_and_announces,
 );
 
 async fn open(database: &Database) -> Store {
@@ -349,4 +355,160 @@ async fn backdate(database: &Database, id: u64, published_at: SystemTime) {
         Database::Memory => unreachable!("the checks run on a file"),
     };
     assert_eq!(updated, 1);
+}
+
+/// 2026-01-02T03:04:05.678Z, when the updates below happen.
+fn later() -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp_nanos(1_767_323_045_678_000_000).unwrap()
+}
+
+fn rename(name: &str) -> ProductChanges {
+    ProductChanges {
+        name: Some(name.into()),
+        ..ProductChanges::default()
+    }
+}
+
+async fn updates_and_deletes_commit_their_events_with_the_next_ids(database: &Database) {
+    let store = open(database).await;
+    let commits = Commits::default();
+    store.insert(product(1), commits.hook()).await.unwrap();
+    store.insert(product(2), commits.hook()).await.unwrap();
+
+    let changes = ProductChanges {
+        name: Some("Tea One".into()),
+        base_price_chf: Some(5.0),
+        extra_chf: Some(ExtraChf::default()),
+        ..ProductChanges::default()
+    };
+    let updated = store
+        .update(product(1).id, changes, later(), commits.hook())
+        .await
+        .unwrap();
+    let expected = Product {
+        name: "Tea One".into(),
+        base_price_chf: 5.0,
+        extra_chf: ExtraChf::default(),
+        updated_at: "2026-01-02T03:04:05.678Z".into(),
+        ..product(1)
+    };
+    assert_eq!(updated.as_ref(), Some(&expected));
+    assert_eq!(store.find(product(1).id).await.unwrap(), updated);
+
+    let deleted = store.delete(product(2).id, commits.hook()).await.unwrap();
+    assert_eq!(deleted, Some(product(2)));
+    assert_eq!(store.find(product(2).id).await.unwrap(), None);
+    assert_eq!(
+        store.list(Activity::Any, 0, 10).await.unwrap().products,
+        [expected]
+    );
+
+    let events = commits.events();
+    assert_eq!(ids(&events), [1, 2, 3, 4]);
+    assert_eq!(
+        events[2].json,
+        r#"{"type":"product_updated","product":{"_id":"65643f1adeadbeef01000001","slug":"tea-1","name":"Tea One","category":"tea","description":"Hot","basePriceCHF":5,"isActive":true,"image":"/img/tea.png","size":["L","S"],"extra_chf":{"S":0,"M":2,"L":3},"createdAt":"2025-11-27T17:48:28.123Z","updatedAt":"2026-01-02T03:04:05.678Z"},"id":"3"}"#
+    );
+    assert_eq!(
+        events[3].json,
+        r#"{"type":"product_deleted","product":{"_id":"65643f1adeadbeef01000002","slug":"tea-2","name":"Tea 2","category":"tea","description":"Hot","basePriceCHF":4.5,"isActive":true,"image":"/img/tea.png","size":["L","S"],"extra_chf":{"S":0,"M":1.25,"L":3},"createdAt":"2025-11-27T17:48:28.123Z","updatedAt":"2025-11-27T17:48:28.123Z"},"id":"4"}"#
+    );
+    assert_eq!(store.events_after(0, 10).await.unwrap(), events);
+
+    // A deleted product's slug and name are free again.
+    store.insert(product(2), commits.hook()).await.unwrap();
+    assert_eq!(ids(&commits.events()), [1, 2, 3, 4, 5]);
+}
+
+async fn a_missing_product_is_neither_updated_nor_deleted_and_takes_no_id(database: &Database) {
+    let store = open(database).await;
+    let commits = Commits::default();
+    store.insert(product(1), commits.hook()).await.unwrap();
+    store.delete(product(1).id, commits.hook()).await.unwrap();
+
+    for missing in [product(1).id, product(2).id] {
+        let updated = store
+            .update(missing.clone(), rename("Ghost"), later(), commits.hook())
+            .await;
+        assert!(matches!(updated, Ok(None)), "{updated:?}");
+        let deleted = store.delete(missing, commits.hook()).await;
+        assert!(matches!(deleted, Ok(None)), "{deleted:?}");
+    }
+    store.insert(product(3), commits.hook()).await.unwrap();
+    assert_eq!(ids(&commits.events()), [1, 2, 3]);
+    assert_eq!(store.events_after(0, 10).await.unwrap(), commits.events());
+}
+
+async fn update_conflicts_report_the_slug_first_and_change_nothing(database: &Database) {
+    let store = open(database).await;
+    let commits = Commits::default();
+    for n in 1..=3 {
+        store.insert(product(n), commits.hook()).await.unwrap();
+    }
+    let update = |changes: ProductChanges| store.update(product(1).id, changes, later(), |_| {});
+    let slug = |slug: &str| Some(slug.to_owned());
+
+    let refused = update(ProductChanges {
+        slug: slug("tea-2"),
+        ..ProductChanges::default()
+    })
+    .await;
+    assert!(matches!(refused, Err(StoreError::SlugTaken)), "{refused:?}");
+    let refused = update(rename("Tea 2")).await;
+    assert!(matches!(refused, Err(StoreError::NameTaken)), "{refused:?}");
+    // Both taken, by one product or by two: the slug, whichever index refuses.
+    for name in ["Tea 2", "Tea 3"] {
+        let refused = update(ProductChanges {
+            slug: slug("tea-2"),
+            ..rename(name)
+        })
+        .await;
+        assert!(matches!(refused, Err(StoreError::SlugTaken)), "{refused:?}");
+    }
+    // Another product's name with the product's own slug: the name.
+    let refused = update(ProductChanges {
+        slug: slug("tea-1"),
+        ..rename("Tea 3")
+    })
+    .await;
+    assert!(matches!(refused, Err(StoreError::NameTaken)), "{refused:?}");
+
+    assert_eq!(store.find(product(1).id).await.unwrap(), Some(product(1)));
+    assert_eq!(ids(&store.events_after(0, 10).await.unwrap()), [1, 2, 3]);
+
+    // Its own slug and name are no conflict.
+    let kept = update(ProductChanges {
+        slug: slug("tea-1"),
+        ..rename("Tea 1")
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        kept.map(|product| product.updated_at),
+        Some("2026-01-02T03:04:05.678Z".into())
+    );
+    assert_eq!(ids(&store.events_after(0, 10).await.unwrap()), [1, 2, 3, 4]);
+}
+
+async fn an_update_that_changes_nothing_still_stamps_and_announces(database: &Database) {
+    let store = open(database).await;
+    let commits = Commits::default();
+    store.insert(product(1), |_| {}).await.unwrap();
+    let updated = store
+        .update(
+            product(1).id,
+            ProductChanges::default(),
+            later(),
+            commits.hook(),
+        )
+        .await
+        .unwrap();
+    let expected = Product {
+        updated_at: "2026-01-02T03:04:05.678Z".into(),
+        ..product(1)
+    };
+    assert_eq!(updated.as_ref(), Some(&expected));
+    let [event] = <[_; 1]>::try_from(commits.events()).unwrap();
+    assert_eq!(event.id, 2);
+    assert!(event.json.starts_with(r#"{"type":"product_updated","#));
 }

@@ -15,8 +15,10 @@ use common::{
 };
 use futures_util::future::join_all;
 use ocha_server::config::Database;
-use ocha_server::event::{ExtraChf, Product, Size};
+use ocha_server::event::{Event, ExtraChf, Product, Size};
+use ocha_server::product::ProductChanges;
 use ocha_server::store::{Activity, Store, StoreError, StoredEvent};
+use time::OffsetDateTime;
 
 fn product(n: u32) -> Product {
     Product {
@@ -169,6 +171,119 @@ async fn forty_concurrent_inserts_from_four_stores_commit_ids_1_to_40() {
     for store in &stores {
         let (last_id, _) = store.latest_events(0, std::time::UNIX_EPOCH).await.unwrap();
         assert_eq!(last_id, 40);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_updates_of_one_product_from_two_stores_lose_nothing() {
+    let server = PostgresServer::new();
+    let stores = stores(&server.url(), 2).await;
+    let commits = Commits::default();
+    stores[0].insert(product(1), commits.hook()).await.unwrap();
+
+    // Another session holds the product's row, so that both updates start
+    // before either can finish: each writes the whole row back, and without
+    // locking the row before reading it, both would read it as it is now
+    // and the second write would undo the first's change.
+    let (holder, connection) = tokio_postgres::connect(&server.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    holder
+        .batch_execute(&format!(
+            "BEGIN; SELECT 1 FROM products WHERE id = '{}' FOR UPDATE",
+            product(1).id
+        ))
+        .await
+        .unwrap();
+
+    let now = OffsetDateTime::now_utc();
+    let category = ProductChanges {
+        category: Some("matcha".into()),
+        ..ProductChanges::default()
+    };
+    let description = ProductChanges {
+        description: Some("Whisked".into()),
+        ..ProductChanges::default()
+    };
+    let updates = [(0, category), (1, description)].map(|(store, changes)| {
+        let store = stores[store].clone();
+        let hook = commits.hook();
+        tokio::spawn(async move { store.update(product(1).id, changes, now, hook).await })
+    });
+    wait_for_lock_waits(&holder, 2).await;
+    holder.batch_execute("COMMIT").await.unwrap();
+    for update in updates {
+        assert!(update.await.unwrap().unwrap().is_some());
+    }
+
+    let found = stores[1].find(product(1).id).await.unwrap().unwrap();
+    assert_eq!(
+        (found.category.as_str(), found.description.as_str()),
+        ("matcha", "Whisked")
+    );
+    let log = stores[0].events_after(0, 10).await.unwrap();
+    assert_eq!(
+        log.iter().map(|event| event.id).collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+    // The second update's event carries the product as it ended up.
+    let last: Event = serde_json::from_str(&log[2].json).unwrap();
+    assert_eq!(last, Event::ProductUpdated { product: found });
+}
+
+/// Waits until `count` sessions wait for a lock.
+async fn wait_for_lock_waits(client: &tokio_postgres::Client, count: i64) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let waiting: i64 = client
+            .query_one(
+                "SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting == count {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{waiting} sessions wait for a lock, not {count}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_an_update_and_a_delete_racing_the_delete_announces_what_it_removed() {
+    let server = PostgresServer::new();
+    let stores = stores(&server.url(), 2).await;
+    let now = OffsetDateTime::now_utc();
+    for n in 1..=10 {
+        stores[0].insert(product(n), |_| {}).await.unwrap();
+        let commits = Commits::default();
+        let rename = ProductChanges {
+            name: Some(format!("Renamed {n}")),
+            ..ProductChanges::default()
+        };
+        let (updated, deleted) = tokio::join!(
+            stores[0].update(product(n).id, rename, now, commits.hook()),
+            stores[1].delete(product(n).id, commits.hook()),
+        );
+        let deleted = deleted.unwrap().expect("the delete finds the product");
+        // Either the update came first and the delete removed its result,
+        // or the delete came first and the update found nothing.
+        match updated.unwrap() {
+            Some(updated) => assert_eq!(deleted, updated),
+            None => assert_eq!(deleted, product(n)),
+        }
+        // Hooks run in no particular order: the last event is the highest.
+        let events = commits.events();
+        let last = events.iter().max_by_key(|event| event.id).unwrap();
+        let last: Event = serde_json::from_str(&last.json).unwrap();
+        assert_eq!(last, Event::ProductDeleted { product: deleted });
+        assert_eq!(stores[1].find(product(n).id).await.unwrap(), None);
     }
 }
 

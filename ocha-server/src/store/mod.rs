@@ -9,11 +9,12 @@
 //!
 //! # The event log
 //!
-//! Each committed product change writes, in the same transaction, one event
-//! row: the log is both the outbox (what must still be published) and the
-//! history clients resume from. Event ids come from a one-row counter that
-//! the transaction bumps after the product insert succeeded, so that a
-//! conflict consumes no id:
+//! Each committed product change (insert, update or delete) writes, in the
+//! same transaction, one event row: the log is both the outbox (what must
+//! still be published) and the history clients resume from. Event ids come
+//! from a one-row counter that the transaction bumps after the product
+//! change succeeded, so that a conflict or a missing product consumes no
+//! id:
 //!
 //! ```sql
 //! UPDATE event_counter SET last_id = last_id + 1 RETURNING last_id
@@ -31,15 +32,20 @@
 //! leaving a hole that a reader would take for an event still committing.
 //!
 //! The database, not a racy read-then-write, decides conflicts: `slug` and
-//! `name` are unique in both schemas.
+//! `name` are unique in both schemas. An update reads the product, applies
+//! the changes and writes it back within its transaction, with the row
+//! locked (Postgres: `SELECT ... FOR UPDATE`; SQLite: one writer), so that
+//! concurrent updates of one product never lose each other's changes.
 
 use std::any::Any;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use thiserror::Error;
+use time::OffsetDateTime;
 
 use crate::config::Database;
 use crate::event::{Event, Numbered, Product};
+use crate::product::ProductChanges;
 
 mod postgres;
 mod sqlite;
@@ -200,6 +206,49 @@ impl Store {
         }
     }
 
+    /// Applies `changes` to the product with this id (24 lowercase hex
+    /// digits), stamped `now`, and writes its `product_updated` event in the
+    /// same transaction; returns the product as committed, or `None` when
+    /// no product has this id (then nothing is committed and `on_commit`
+    /// does not run).
+    ///
+    /// `on_commit` and the conflicts are as for [`insert`](Store::insert):
+    /// a slug or name that another product has fails with
+    /// [`StoreError::SlugTaken`] (reported first) or
+    /// [`StoreError::NameTaken`]; a product keeping its own is no conflict.
+    /// Every update commits an event, even one that changes nothing but
+    /// `updatedAt`.
+    pub async fn update<F>(
+        &self,
+        id: String,
+        changes: ProductChanges,
+        now: OffsetDateTime,
+        on_commit: F,
+    ) -> Result<Option<Product>, StoreError>
+    where
+        F: FnOnce(&StoredEvent) + Send + 'static,
+    {
+        match &self.backend {
+            Backend::Sqlite(store) => store.update(id, changes, now, on_commit).await,
+            Backend::Postgres(store) => store.update(id, changes, now, on_commit).await,
+        }
+    }
+
+    /// Deletes the product with this id (24 lowercase hex digits) and
+    /// writes its `product_deleted` event in the same transaction; returns
+    /// the product as it was, or `None` when no product has this id (then
+    /// nothing is committed and `on_commit` does not run). `on_commit` is as
+    /// for [`insert`](Store::insert).
+    pub async fn delete<F>(&self, id: String, on_commit: F) -> Result<Option<Product>, StoreError>
+    where
+        F: FnOnce(&StoredEvent) + Send + 'static,
+    {
+        match &self.backend {
+            Backend::Sqlite(store) => store.delete(id, on_commit).await,
+            Backend::Postgres(store) => store.delete(id, on_commit).await,
+        }
+    }
+
     /// Returns up to `limit` products after skipping `offset`, and the
     /// total, as of one moment.
     pub async fn list(
@@ -282,13 +331,10 @@ impl Store {
     }
 }
 
-/// The event announcing `product`, committed as number `id` now.
-fn new_product_event(product: &Product, id: u64) -> StoredEvent {
-    let event = Event::NewProduct {
-        product: product.clone(),
-    };
+/// `event`, committed as number `id` now.
+fn stored_event(event: &Event, id: u64) -> StoredEvent {
     let numbered = Numbered {
-        event: &event,
+        event,
         id: id.to_string(),
     };
     StoredEvent {

@@ -7,20 +7,23 @@
 //! `sslmode` may be `disable` or `prefer`, not `require`.
 
 use std::error::Error;
+use std::future::Future;
 use std::io;
 use std::time::{Duration, SystemTime};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
 use serde::de::DeserializeOwned;
+use time::OffsetDateTime;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{FromSql, Type};
-use tokio_postgres::{Client, IsolationLevel, NoTls, Row};
+use tokio_postgres::{Client, IsolationLevel, NoTls, Row, Transaction};
 
 use super::{
-    event_id, from_millis, millis, new_product_event, panic_message, sql_int, Activity, Page,
+    event_id, from_millis, millis, panic_message, sql_int, stored_event, Activity, Page,
     StoreError, StoredEvent,
 };
-use crate::event::Product;
+use crate::event::{Event, Product};
+use crate::product::ProductChanges;
 
 /// The schema, created or completed at every start under [`SCHEMA_LOCK`].
 /// The constraint names are spelled out: conflicts are told apart by them.
@@ -196,21 +199,56 @@ impl Postgres {
         F: FnOnce(&StoredEvent) + Send + 'static,
     {
         let pool = self.pool.clone();
-        let task = tokio::spawn(async move {
+        on_a_task(async move {
             let event = insert_with_event(&pool, &product).await?;
             on_commit(&event);
             Ok(product)
-        });
-        match task.await {
-            Ok(result) => result,
-            Err(error) if error.is_panic() => {
-                let panic = error.into_panic();
-                tracing::error!(panic = panic_message(&*panic), "a database task panicked");
-                Err(StoreError::Panicked)
-            }
-            // Cancelled: the runtime is shutting down.
-            Err(_) => Err(StoreError::Closed),
-        }
+        })
+        .await
+    }
+
+    /// [`Store::update`](super::Store::update), on its own task as
+    /// [`insert`](Self::insert) is.
+    pub(super) async fn update<F>(
+        &self,
+        id: String,
+        changes: ProductChanges,
+        now: OffsetDateTime,
+        on_commit: F,
+    ) -> Result<Option<Product>, StoreError>
+    where
+        F: FnOnce(&StoredEvent) + Send + 'static,
+    {
+        let pool = self.pool.clone();
+        on_a_task(async move {
+            let updated = update_with_event(&pool, &id, changes, now).await?;
+            Ok(updated.map(|(product, event)| {
+                on_commit(&event);
+                product
+            }))
+        })
+        .await
+    }
+
+    /// [`Store::delete`](super::Store::delete), on its own task as
+    /// [`insert`](Self::insert) is.
+    pub(super) async fn delete<F>(
+        &self,
+        id: String,
+        on_commit: F,
+    ) -> Result<Option<Product>, StoreError>
+    where
+        F: FnOnce(&StoredEvent) + Send + 'static,
+    {
+        let pool = self.pool.clone();
+        on_a_task(async move {
+            let deleted = delete_with_event(&pool, &id).await?;
+            Ok(deleted.map(|(product, event)| {
+                on_commit(&event);
+                product
+            }))
+        })
+        .await
     }
 
     /// [`Store::list`](super::Store::list).
@@ -383,18 +421,125 @@ async fn insert_with_event(pool: &Pool, product: &Product) -> Result<StoredEvent
         // The failed statement aborted the transaction: end it before
         // asking anything else on this connection.
         transaction.rollback().await?;
-        return match StoreError::from(error) {
-            // Postgres reports the first unique index that refuses the row,
-            // in an order the schema does not promise.
-            StoreError::NameTaken if slug_exists(&client, &product.slug).await? => {
-                Err(StoreError::SlugTaken)
-            }
-            error => Err(error),
-        };
+        return Err(conflict(&client, error, &product.slug, None).await?);
     }
-    // Only now that the product is in, so that a conflict takes no id. The
-    // row stays locked until the commit: the next insert waits here, so
-    // ids commit in order, and a rollback gives the id back.
+    // Only now that the product is in, so that a conflict takes no id.
+    let event = append_event(
+        &transaction,
+        &Event::NewProduct {
+            product: product.clone(),
+        },
+    )
+    .await?;
+    transaction.commit().await?;
+    Ok(event)
+}
+
+/// Applies `changes` to the product with this id and writes it and its
+/// event in one transaction; returns both as committed, or `None` when no
+/// product has this id.
+async fn update_with_event(
+    pool: &Pool,
+    id: &str,
+    changes: ProductChanges,
+    now: OffsetDateTime,
+) -> Result<Option<(Product, StoredEvent)>, StoreError> {
+    let mut client = pool.get().await?;
+    let transaction = client.transaction().await?;
+    // Locked until the commit: a concurrent update of this product waits
+    // here, then reads what this one wrote, so neither loses the other's
+    // changes. A delete that locked the row first makes this one wait, then
+    // find no product; one that comes second deletes what this one wrote.
+    let select = transaction
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM products WHERE id = $1 FOR UPDATE"
+        ))
+        .await?;
+    let Some(row) = transaction.query_opt(&select, &[&id]).await? else {
+        transaction.rollback().await?;
+        return Ok(None);
+    };
+    let mut product = product_from_row(&row)?;
+    changes.apply_to(&mut product, now);
+    let update = transaction
+        .prepare_cached(
+            "UPDATE products SET slug = $2, name = $3, category = $4, description = $5, \
+                 base_price_chf = $6, is_active = $7, image = $8, size = $9, \
+                 extra_chf = $10, updated_at = $11 \
+             WHERE id = $1",
+        )
+        .await?;
+    let updated = transaction
+        .execute(
+            &update,
+            &[
+                &product.id,
+                &product.slug,
+                &product.name,
+                &product.category,
+                &product.description,
+                &product.base_price_chf,
+                &product.is_active,
+                &product.image,
+                &to_json(&product.size),
+                &to_json(&product.extra_chf),
+                &product.updated_at,
+            ],
+        )
+        .await;
+    if let Err(error) = updated {
+        transaction.rollback().await?;
+        return Err(conflict(&client, error, &product.slug, Some(&product.id)).await?);
+    }
+    let event = append_event(
+        &transaction,
+        &Event::ProductUpdated {
+            product: product.clone(),
+        },
+    )
+    .await?;
+    transaction.commit().await?;
+    Ok(Some((product, event)))
+}
+
+/// Deletes the product with this id and writes its event in one
+/// transaction; returns the product as it was and the event, or `None` when
+/// no product has this id.
+async fn delete_with_event(
+    pool: &Pool,
+    id: &str,
+) -> Result<Option<(Product, StoredEvent)>, StoreError> {
+    let mut client = pool.get().await?;
+    let transaction = client.transaction().await?;
+    let delete = transaction
+        .prepare_cached(&format!(
+            "DELETE FROM products WHERE id = $1 RETURNING {COLUMNS}"
+        ))
+        .await?;
+    let Some(row) = transaction.query_opt(&delete, &[&id]).await? else {
+        transaction.rollback().await?;
+        return Ok(None);
+    };
+    let product = product_from_row(&row)?;
+    let event = append_event(
+        &transaction,
+        &Event::ProductDeleted {
+            product: product.clone(),
+        },
+    )
+    .await?;
+    transaction.commit().await?;
+    Ok(Some((product, event)))
+}
+
+/// Takes the next event id and writes `event` under it. Called only once
+/// the product change succeeded, so that a conflict takes no id. The
+/// counter row stays locked until the commit: the next change waits here,
+/// so ids commit in order, and a rollback gives the id back.
+async fn append_event(
+    transaction: &Transaction<'_>,
+    event: &Event,
+) -> Result<StoredEvent, StoreError> {
     let id: i64 = transaction
         .query_one(
             "UPDATE event_counter SET last_id = last_id + 1 RETURNING last_id",
@@ -402,25 +547,64 @@ async fn insert_with_event(pool: &Pool, product: &Product) -> Result<StoredEvent
         )
         .await?
         .get(0);
-    let event = new_product_event(product, event_id(id));
+    let event = stored_event(event, event_id(id));
     transaction
         .execute(
             "INSERT INTO events (id, json, published_at) VALUES ($1, $2, $3)",
             &[&id, &event.json, &millis(event.published_at)],
         )
         .await?;
-    transaction.commit().await?;
     Ok(event)
 }
 
-async fn slug_exists(client: &Client, slug: &str) -> Result<bool, StoreError> {
+/// The error to report for `error`, which failed writing a product's row
+/// in a transaction since rolled back: when both its slug and its name are
+/// taken, the slug, though Postgres reports the first unique index that
+/// refuses the row, in an order the schema does not promise. `updating` is
+/// the id of the product an update writes, whose own slug is no conflict.
+async fn conflict(
+    client: &Client,
+    error: tokio_postgres::Error,
+    slug: &str,
+    updating: Option<&str>,
+) -> Result<StoreError, StoreError> {
+    Ok(match StoreError::from(error) {
+        StoreError::NameTaken if slug_taken(client, slug, updating).await? => StoreError::SlugTaken,
+        error => error,
+    })
+}
+
+/// Whether a product other than the one with id `except` has `slug`.
+async fn slug_taken(client: &Client, slug: &str, except: Option<&str>) -> Result<bool, StoreError> {
     let row = client
         .query_one(
-            "SELECT EXISTS (SELECT 1 FROM products WHERE slug = $1)",
-            &[&slug],
+            "SELECT EXISTS (\
+                 SELECT 1 FROM products WHERE slug = $1 AND id IS DISTINCT FROM $2\
+             )",
+            &[&slug, &except],
         )
         .await?;
     Ok(row.get(0))
+}
+
+/// Runs `work` on a task of its own, so that it commits (and runs its
+/// commit hook) even if the caller stops waiting, and reports a panic as
+/// [`StoreError::Panicked`].
+async fn on_a_task<T, W>(work: W) -> Result<T, StoreError>
+where
+    T: Send + 'static,
+    W: Future<Output = Result<T, StoreError>> + Send + 'static,
+{
+    match tokio::spawn(work).await {
+        Ok(result) => result,
+        Err(error) if error.is_panic() => {
+            let panic = error.into_panic();
+            tracing::error!(panic = panic_message(&*panic), "a database task panicked");
+            Err(StoreError::Panicked)
+        }
+        // Cancelled: the runtime is shutting down.
+        Err(_) => Err(StoreError::Closed),
+    }
 }
 
 fn product_from_row(row: &Row) -> Result<Product, tokio_postgres::Error> {

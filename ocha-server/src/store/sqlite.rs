@@ -16,15 +16,17 @@ use std::thread;
 use std::time::SystemTime;
 
 use rusqlite::types::Type;
-use rusqlite::{ffi, params, Connection, OptionalExtension, Row};
+use rusqlite::{ffi, params, Connection, OptionalExtension, Row, Transaction};
 use serde::de::DeserializeOwned;
+use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    from_millis, millis, new_product_event, panic_message, sql_int, Activity, Page, StoreError,
+    from_millis, millis, panic_message, sql_int, stored_event, Activity, Page, StoreError,
     StoredEvent,
 };
-use crate::event::Product;
+use crate::event::{Event, Product};
+use crate::product::ProductChanges;
 
 /// The schema, created or completed at every start: a database from before
 /// the event log gets its tables, and its ids start at 1.
@@ -153,28 +155,111 @@ impl Sqlite {
                     product.updated_at,
                 ],
             );
-            match inserted.map_err(StoreError::from) {
-                Ok(_) => {}
-                // SQLite names only one violated index, in no documented order.
-                Err(StoreError::NameTaken) if slug_exists(&transaction, &product.slug)? => {
-                    return Err(StoreError::SlugTaken);
-                }
-                Err(error) => return Err(error),
-            }
+            conflict(&transaction, inserted, &product.slug, None)?;
             // Only now that the product is in: a conflict takes no id.
-            let id = transaction.query_row(
-                "UPDATE event_counter SET last_id = last_id + 1 RETURNING last_id",
-                [],
-                |row| row.get(0),
-            )?;
-            let event = new_product_event(&product, id);
-            transaction.execute(
-                "INSERT INTO events (id, json, published_at) VALUES (?1, ?2, ?3)",
-                params![event.id, event.json, millis(event.published_at)],
+            let event = append_event(
+                &transaction,
+                &Event::NewProduct {
+                    product: product.clone(),
+                },
             )?;
             transaction.commit()?;
             on_commit(&event);
             Ok(product)
+        })
+        .await
+    }
+
+    /// [`Store::update`](super::Store::update): `on_commit` runs on this
+    /// thread, as for [`insert`](Self::insert). This thread is the only
+    /// writer, so nothing changes the row between its read and its write.
+    pub(super) async fn update<F>(
+        &self,
+        id: String,
+        changes: ProductChanges,
+        now: OffsetDateTime,
+        on_commit: F,
+    ) -> Result<Option<Product>, StoreError>
+    where
+        F: FnOnce(&StoredEvent) + Send + 'static,
+    {
+        self.call(move |connection| {
+            let transaction = connection.transaction()?;
+            let Some(mut product) = transaction
+                .query_row(
+                    &format!("SELECT {COLUMNS} FROM products WHERE id = ?1"),
+                    [&id],
+                    product_from_row,
+                )
+                .optional()?
+            else {
+                return Ok(None);
+            };
+            changes.apply_to(&mut product, now);
+            let updated = transaction.execute(
+                "UPDATE products SET slug = ?2, name = ?3, category = ?4, description = ?5, \
+                     base_price_chf = ?6, is_active = ?7, image = ?8, size = ?9, \
+                     extra_chf = ?10, updated_at = ?11 \
+                 WHERE id = ?1",
+                params![
+                    product.id,
+                    product.slug,
+                    product.name,
+                    product.category,
+                    product.description,
+                    product.base_price_chf,
+                    product.is_active,
+                    product.image,
+                    to_json(&product.size)?,
+                    to_json(&product.extra_chf)?,
+                    product.updated_at,
+                ],
+            );
+            conflict(&transaction, updated, &product.slug, Some(&product.id))?;
+            let event = append_event(
+                &transaction,
+                &Event::ProductUpdated {
+                    product: product.clone(),
+                },
+            )?;
+            transaction.commit()?;
+            on_commit(&event);
+            Ok(Some(product))
+        })
+        .await
+    }
+
+    /// [`Store::delete`](super::Store::delete): `on_commit` runs on this
+    /// thread, as for [`insert`](Self::insert).
+    pub(super) async fn delete<F>(
+        &self,
+        id: String,
+        on_commit: F,
+    ) -> Result<Option<Product>, StoreError>
+    where
+        F: FnOnce(&StoredEvent) + Send + 'static,
+    {
+        self.call(move |connection| {
+            let transaction = connection.transaction()?;
+            let Some(product) = transaction
+                .query_row(
+                    &format!("DELETE FROM products WHERE id = ?1 RETURNING {COLUMNS}"),
+                    [&id],
+                    product_from_row,
+                )
+                .optional()?
+            else {
+                return Ok(None);
+            };
+            let event = append_event(
+                &transaction,
+                &Event::ProductDeleted {
+                    product: product.clone(),
+                },
+            )?;
+            transaction.commit()?;
+            on_commit(&event);
+            Ok(Some(product))
         })
         .await
     }
@@ -353,12 +438,50 @@ fn connect(path: Option<&Path>) -> Result<Connection, StoreError> {
     Ok(connection)
 }
 
-fn slug_exists(connection: &Connection, slug: &str) -> rusqlite::Result<bool> {
+/// The outcome of writing a product's row, with a unique violation as the
+/// conflict the API reports: the slug when another product has `slug`,
+/// though SQLite names only one violated index, in no documented order.
+/// `updating` is the id of the product an update writes, whose own slug is
+/// no conflict.
+fn conflict(
+    transaction: &Transaction<'_>,
+    written: rusqlite::Result<usize>,
+    slug: &str,
+    updating: Option<&str>,
+) -> Result<(), StoreError> {
+    match written.map_err(StoreError::from) {
+        Ok(_) => Ok(()),
+        Err(StoreError::NameTaken) if slug_taken(transaction, slug, updating)? => {
+            Err(StoreError::SlugTaken)
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// Whether a product other than the one with id `except` has `slug`.
+fn slug_taken(connection: &Connection, slug: &str, except: Option<&str>) -> rusqlite::Result<bool> {
     connection.query_row(
-        "SELECT EXISTS (SELECT 1 FROM products WHERE slug = ?1)",
-        [slug],
+        "SELECT EXISTS (SELECT 1 FROM products WHERE slug = ?1 AND id IS NOT ?2)",
+        params![slug, except],
         |row| row.get(0),
     )
+}
+
+/// Takes the next event id and writes `event` under it. The counter is
+/// bumped only here, after the product change succeeded: a conflict takes
+/// no id.
+fn append_event(transaction: &Transaction<'_>, event: &Event) -> Result<StoredEvent, StoreError> {
+    let id = transaction.query_row(
+        "UPDATE event_counter SET last_id = last_id + 1 RETURNING last_id",
+        [],
+        |row| row.get(0),
+    )?;
+    let event = stored_event(event, id);
+    transaction.execute(
+        "INSERT INTO events (id, json, published_at) VALUES (?1, ?2, ?3)",
+        params![event.id, event.json, millis(event.published_at)],
+    )?;
+    Ok(event)
 }
 
 fn product_from_row(row: &Row<'_>) -> rusqlite::Result<Product> {

@@ -30,6 +30,7 @@ use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+pub mod chromium;
 pub mod daemon;
 pub mod docs_client;
 pub mod postgres;
@@ -230,6 +231,31 @@ pub async fn post_product(addr: SocketAddr, token: Option<&str>, body: &Value) -
     .await
 }
 
+/// `PATCH /api/v1/products/{id}` with `body`.
+pub async fn patch_product(
+    addr: SocketAddr,
+    token: Option<&str>,
+    id: &str,
+    body: impl Into<Bytes>,
+) -> Reply {
+    let path = format!("/api/v1/products/{id}");
+    send(addr, Method::PATCH, &path, token, body).await
+}
+
+/// `DELETE /api/v1/products/{id}`.
+pub async fn delete_product(addr: SocketAddr, token: Option<&str>, id: &str) -> Reply {
+    let path = format!("/api/v1/products/{id}");
+    send(addr, Method::DELETE, &path, token, Bytes::new()).await
+}
+
+/// The `_id` of the product in a reply's body.
+pub fn product_id(reply: &Reply) -> String {
+    reply.json()["product"]["_id"]
+        .as_str()
+        .expect("a product in the body")
+        .to_owned()
+}
+
 /// A valid creation body; `n` makes slug and name unique.
 pub fn product_body(n: u32) -> Value {
     json!({
@@ -249,13 +275,18 @@ pub async fn create(server: &TestServer, n: u32) -> Reply {
     reply
 }
 
-/// The exact bytes of the product document inside a 201 body.
-pub fn raw_product(created: &Reply) -> &str {
-    created
-        .text()
-        .strip_prefix(r#"{"message":"Product created","product":"#)
+/// The exact bytes of the product document inside a 201 body (or a 200
+/// body of a read or an update).
+pub fn raw_product(reply: &Reply) -> &str {
+    ["Product created", "Product found", "Product updated"]
+        .iter()
+        .find_map(|message| {
+            reply
+                .text()
+                .strip_prefix(&format!(r#"{{"message":"{message}","product":"#))
+        })
         .and_then(|rest| rest.strip_suffix('}'))
-        .expect("a 201 body")
+        .expect("a body with a product")
 }
 
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
