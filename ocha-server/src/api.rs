@@ -12,6 +12,8 @@
 //! A trailing slash is ignored, as Express does. Other paths answer 404 and
 //! other methods 405, both as JSON.
 
+use std::io;
+
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -314,15 +316,28 @@ fn since(query: Option<&str>) -> Option<String> {
         .map(|(_, value)| value.into_owned())
 }
 
-/// Reads the whole body, refusing more than [`MAX_BODY_BYTES`].
+/// Reads the whole body, refusing more than [`MAX_BODY_BYTES`]: at once
+/// when its `Content-Length` says so, before a byte of it is read (so a
+/// client waiting on `Expect: 100-continue` is never asked to send it).
+/// A body that fails as timed out ([`io::ErrorKind::TimedOut`]) gets 408.
 async fn read_body<B>(body: B) -> Result<Bytes, ApiError>
 where
     B: HttpBody,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
+    if body.size_hint().lower() > MAX_BODY_BYTES as u64 {
+        return Err(ApiError::BodyTooLarge);
+    }
     match Limited::new(body, MAX_BODY_BYTES).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(error) if error.is::<LengthLimitError>() => Err(ApiError::BodyTooLarge),
+        Err(error)
+            if error
+                .downcast_ref::<io::Error>()
+                .is_some_and(|error| error.kind() == io::ErrorKind::TimedOut) =>
+        {
+            Err(ApiError::BodyTimeout)
+        }
         Err(error) => Err(ApiError::BodyUnreadable(error.to_string())),
     }
 }

@@ -14,6 +14,20 @@
 //!   Clients already connected are served as before. A connection upgraded
 //!   to a WebSocket leaves this count for the hub's, `WS_MAX_CONNECTIONS`;
 //!   one streaming a long response stays in it while the response lasts.
+//! - **Headers.** A request line and headers must arrive within
+//!   `HEADER_TIMEOUT_SECS` of the connection being ready for them (hyper's
+//!   `header_read_timeout`, which thereby also closes idle keep-alive
+//!   connections) and hold at most `MAX_HEADER_BYTES`, else 431; hyper's
+//!   read buffer is capped alike, so an unfinished head holds no more.
+//!   hyper closes a connection whose headers time out without a word: this
+//!   server then takes the socket back and answers 408 when part of a
+//!   request had arrived. A connection that sent nothing (idle, or opened
+//!   ahead of need, as browsers do) is closed silently, since a 408 on it
+//!   would be read as the answer to the client's next request.
+//! - **Bodies.** A body must arrive within `BODY_TIMEOUT_SECS` of its
+//!   headers, else 408; a `Content-Length` over the 1 MiB limit gets 413
+//!   before any of it is read, so a client that sent `Expect:
+//!   100-continue` is never asked for it.
 //! - **Failing `accept`.** When the process runs out of descriptors,
 //!   `accept` is retried with a backoff doubling from 10 ms to 1 s, so the
 //!   server recovers within a second of descriptors freeing up; the log
@@ -24,24 +38,28 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use hyper::body::Incoming;
+use bytes::Bytes;
+use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use ocha_realtime::Hub;
 use thiserror::Error;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 use tracing::{debug, info, warn};
 
 use crate::api::App;
 use crate::auth::{Keys, ADMIN_ROLE, DEFAULT_TTL};
-use crate::config::{Config, Database, HttpSettings};
+use crate::config::{Config, Database, HttpSettings, MIN_HEADER_BYTES};
 use crate::response::Body;
 use crate::store::{Store, StoreError};
 
@@ -70,6 +88,18 @@ const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 /// How often a recurring condition (`accept` failing, the connection limit
 /// reached) may be logged.
 const LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+/// How long a connection answered 408 has to read the answer and hang up.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// The answer to a request whose headers did not arrive in time, written
+/// by this module since hyper writes none.
+const HEADER_TIMEOUT_RESPONSE: &str = "HTTP/1.1 408 Request Timeout\r\n\
+    content-type: application/json\r\n\
+    content-length: 38\r\n\
+    connection: close\r\n\
+    \r\n\
+    {\"message\":\"Request header timed out\"}";
 
 /// Why the server could not start.
 #[derive(Debug, Error)]
@@ -159,7 +189,8 @@ pub async fn run_with(
     let mut acceptor = Acceptor::new(listener, max_connections);
     let serving = Arc::new(Serving {
         app: app.clone(),
-        builder: http1_builder(),
+        builder: http1_builder(http),
+        body_timeout: http.body_timeout,
     });
     // Each connection task holds a receiver: a send asks them to wind down,
     // and `closed()` resolves once every one has finished.
@@ -217,10 +248,15 @@ fn open_file_limit() -> Option<u64> {
 }
 
 /// The hyper settings every connection is served with.
-fn http1_builder() -> http1::Builder {
+fn http1_builder(http: &HttpSettings) -> http1::Builder {
     let mut builder = http1::Builder::new();
-    // The timer enables hyper's header read timeout against idle sockets.
-    builder.timer(TokioTimer::new());
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(http.header_timeout)
+        .max_header_size(http.max_header_bytes)
+        // hyper's read buffer grows to ~400 KB by default while a head is
+        // unfinished; a head may not be larger than this anyway.
+        .max_buf_size(http.max_header_bytes.max(MIN_HEADER_BYTES));
     builder
 }
 
@@ -380,6 +416,7 @@ impl Throttle {
 struct Serving {
     app: App,
     builder: http1::Builder,
+    body_timeout: Duration,
 }
 
 fn spawn_connection(
@@ -390,34 +427,114 @@ fn spawn_connection(
     mut stop: watch::Receiver<()>,
 ) {
     let app = serving.app.clone();
+    let body_timeout = serving.body_timeout;
     let service = service_fn(move |request: Request<Incoming>| {
         let app = app.clone();
+        let request = request.map(|body| TimedBody::new(body, body_timeout));
         async move { Ok::<_, Infallible>(handle_logged(&app, peer, request).await) }
     });
     tokio::spawn(async move {
         // The permit is held while hyper serves the connection: until it
         // closes, or hands the socket over to the hub as a WebSocket.
         let _permit = permit;
-        let connection = serving
+        let mut connection = serving
             .builder
             .serve_connection(TokioIo::new(stream), service)
             .with_upgrades();
-        tokio::pin!(connection);
         let result = tokio::select! {
-            result = connection.as_mut() => result,
+            result = &mut connection => result,
             _ = stop.changed() => {
                 // Finish the request in progress, if any, then close.
-                connection.as_mut().graceful_shutdown();
-                connection.await
+                Pin::new(&mut connection).graceful_shutdown();
+                (&mut connection).await
             }
         };
-        if let Err(error) = result {
-            debug!(%peer, %error, "connection ended with an error");
+        match result {
+            Ok(()) => {}
+            // hyper gave up on a request's headers, and left the socket
+            // open; it says nothing, but the client may be told.
+            Err(error) if error.is_timeout() => {
+                if let Some(parts) = connection.into_parts() {
+                    if !parts.read_buf.is_empty() {
+                        debug!(%peer, "request headers timed out");
+                        answer_header_timeout(parts.io.into_inner()).await;
+                    }
+                }
+            }
+            Err(error) => debug!(%peer, %error, "connection ended with an error"),
         }
     });
 }
 
-async fn handle_logged(app: &App, peer: SocketAddr, request: Request<Incoming>) -> Response<Body> {
+/// Answers 408 on a connection whose request headers did not arrive in
+/// time, then closes it.
+async fn answer_header_timeout(mut stream: TcpStream) {
+    let answer = async {
+        stream.write_all(HEADER_TIMEOUT_RESPONSE.as_bytes()).await?;
+        stream.shutdown().await?;
+        // Closing a socket with unread bytes resets the connection, which
+        // can destroy the answer before the client reads it: read what the
+        // client still sends until it hangs up, for a moment.
+        let mut discard = [0; 1024];
+        while stream.read(&mut discard).await? > 0 {}
+        io::Result::Ok(())
+    };
+    let _ = tokio::time::timeout(LINGER, answer).await;
+}
+
+/// A request body that fails with a [`io::ErrorKind::TimedOut`] error once
+/// its deadline passes, so that a client sending slowly, or not at all,
+/// cannot hold a handler. The API answers that error with 408.
+struct TimedBody {
+    body: Incoming,
+    deadline: Instant,
+    /// Set on the first wait only: most bodies are empty or already in.
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl TimedBody {
+    fn new(body: Incoming, timeout: Duration) -> TimedBody {
+        TimedBody {
+            body,
+            deadline: Instant::now() + timeout,
+            timer: None,
+        }
+    }
+}
+
+impl HttpBody for TimedBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let this = &mut *self;
+        if let Poll::Ready(frame) = Pin::new(&mut this.body).poll_frame(cx) {
+            return Poll::Ready(frame.map(|frame| frame.map_err(io::Error::other)));
+        }
+        let deadline = this.deadline;
+        let timer = this
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        ready!(timer.as_mut().poll(cx));
+        Poll::Ready(Some(Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the request body did not arrive in time",
+        ))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+async fn handle_logged(app: &App, peer: SocketAddr, request: Request<TimedBody>) -> Response<Body> {
     let started = std::time::Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
@@ -465,6 +582,14 @@ pub fn shutdown_signal() -> io::Result<impl Future<Output = ()>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_header_timeout_response_is_well_formed() {
+        let (head, body) = HEADER_TIMEOUT_RESPONSE.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains(&format!("content-length: {}", body.len())));
+        let body: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(body["message"], "Request header timed out");
+    }
 
     #[test]
     fn accept_backoff_doubles_up_to_a_second() {

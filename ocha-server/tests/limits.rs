@@ -1,5 +1,6 @@
-//! The real binary under abuse: too many connections, a process out of
-//! descriptors; and well-behaved clients served all the while.
+//! The real binary under abuse: raw sockets that send slowly, too much or
+//! nothing at all, too many connections, a process out of descriptors; and
+//! well-behaved clients served all the while.
 
 #![cfg(target_os = "linux")]
 
@@ -9,8 +10,12 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::*;
+use http::StatusCode;
+use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::process::Child;
+use tokio::time::Instant;
 
 /// A health check, as a well-behaved client sends it.
 const HEALTH: &str = "GET /api/v1/health HTTP/1.1\r\nhost: ocha\r\n\r\n";
@@ -25,6 +30,17 @@ struct RawReply {
 impl RawReply {
     fn status(&self) -> u16 {
         self.head[9..12].parse().expect("a status code")
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.eq_ignore_ascii_case(name).then(|| value.trim())
+        })
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).expect("a JSON body")
     }
 }
 
@@ -58,6 +74,51 @@ async fn read_reply(stream: &mut TcpStream) -> RawReply {
         .expect("a response in time")
 }
 
+/// Waits until the server closes `stream`, and returns what it sent first.
+async fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
+    let mut received = Vec::new();
+    tokio::time::timeout(PATIENCE, stream.read_to_end(&mut received))
+        .await
+        .expect("the server closes the connection in time")
+        .expect("a clean close");
+    received
+}
+
+/// Sends `bytes` one at a time, 100 ms apart, until the server hangs up,
+/// and returns what it answered; fails if it waited for all of them.
+async fn drip(stream: &mut TcpStream, bytes: &[u8]) -> String {
+    let (mut reader, mut writer) = stream.split();
+    let send = async {
+        for byte in bytes {
+            if writer.write_all(&[*byte]).await.is_err() {
+                // Hung up on: the answer is being read.
+                return std::future::pending().await;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the server waited for all of a slow message");
+    };
+    let answer = async {
+        let mut received = Vec::new();
+        let mut chunk = [0; 4096];
+        // A reset after the answer (the server closing on unread bytes)
+        // ends it as well as a close does.
+        while let Ok(n @ 1..) = reader.read(&mut chunk).await {
+            received.extend_from_slice(&chunk[..n]);
+        }
+        received
+    };
+    let answered = async {
+        tokio::select! {
+            () = send => unreachable!(),
+            answer = answer => String::from_utf8(answer).expect("a UTF-8 answer"),
+        }
+    };
+    tokio::time::timeout(PATIENCE, answered)
+        .await
+        .expect("an answer in time")
+}
+
 /// Asserts that nothing arrives on `stream` for [`QUIET`].
 async fn assert_no_reply(stream: &mut TcpStream) {
     let mut byte = [0];
@@ -78,6 +139,198 @@ async fn assert_served(stream: &mut TcpStream) {
     stream.write_all(HEALTH.as_bytes()).await.unwrap();
     let reply = read_reply(stream).await;
     assert_eq!((reply.status(), reply.body.as_str()), (200, "Ignition!"));
+}
+
+/// A `/proc/<pid>/status` field, in kB.
+fn proc_status_kb(child: &Child, field: &str) -> u64 {
+    let pid = child.id().expect("the server is running");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|value| value.trim().strip_suffix(" kB")?.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+#[tokio::test]
+async fn headers_must_arrive_in_time_or_get_408_and_idle_connections_are_closed() {
+    let dir = TempDir::new("header-timeout");
+    let (mut child, addr, _) = start(server_command(&dir).env("HEADER_TIMEOUT_SECS", "1")).await;
+
+    // Slowloris: a head sent a byte at a time, well within any read timeout.
+    let mut dripping = TcpStream::connect(addr).await.unwrap();
+    let started = Instant::now();
+    // A connection that sends nothing, and one gone idle after a request.
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    let mut idle = TcpStream::connect(addr).await.unwrap();
+    assert_served(&mut idle).await;
+    // A well-behaved client is served meanwhile.
+    let (answer, ()) = tokio::join!(drip(&mut dripping, HEALTH.as_bytes()), assert_healthy(addr));
+
+    let elapsed = started.elapsed();
+    assert!(
+        answer.starts_with("HTTP/1.1 408 Request Timeout\r\n"),
+        "{answer}"
+    );
+    assert!(answer.contains("\r\nconnection: close\r\n"), "{answer}");
+    assert!(
+        answer.ends_with("\r\n\r\n{\"message\":\"Request header timed out\"}"),
+        "{answer}"
+    );
+    assert!(
+        (Duration::from_millis(900)..Duration::from_secs(3)).contains(&elapsed),
+        "answered after {elapsed:?}"
+    );
+    // Nothing for the others: a 408 there would answer their next request.
+    assert!(read_to_close(&mut silent).await.is_empty());
+    assert!(read_to_close(&mut idle).await.is_empty());
+
+    assert_healthy(addr).await;
+    stop_binary(&mut child).await;
+}
+
+#[tokio::test]
+async fn headers_over_max_header_bytes_get_431() {
+    let dir = TempDir::new("header-bytes");
+    let (mut child, addr) = start_binary(&dir).await;
+
+    // Under the default 16 KiB, as a large cookie may be.
+    let cookie = "c".repeat(15 * 1024);
+    let mut fits = sent(
+        addr,
+        format!("GET /api/v1/health HTTP/1.1\r\nhost: ocha\r\ncookie: {cookie}\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(read_reply(&mut fits).await.status(), 200);
+
+    let cookie = "c".repeat(20 * 1024);
+    let mut over = sent(
+        addr,
+        format!("GET /api/v1/health HTTP/1.1\r\nhost: ocha\r\ncookie: {cookie}\r\n\r\n").as_bytes(),
+    )
+    .await;
+    let answer = String::from_utf8_lossy(&read_to_close(&mut over).await).into_owned();
+    assert!(
+        answer.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"),
+        "{answer}"
+    );
+
+    assert_healthy(addr).await;
+    stop_binary(&mut child).await;
+}
+
+/// Unfinished heads cost the server at most `MAX_HEADER_BYTES` each, not
+/// hyper's ~400 KB read buffer: 500 of them held about 176 MiB before.
+#[tokio::test]
+async fn unfinished_heads_hold_little_memory() {
+    const SOCKETS: usize = 500;
+    let dir = TempDir::new("header-memory");
+    let (mut child, addr) = start_binary(&dir).await;
+    assert_healthy(addr).await;
+    let before = proc_status_kb(&child, "VmRSS");
+
+    // Just under the limit, never finished.
+    let head = format!(
+        "GET /api/v1/health HTTP/1.1\r\nhost: ocha\r\ncookie: {}",
+        "c".repeat(15 * 1024)
+    );
+    let mut held = Vec::with_capacity(SOCKETS);
+    for _ in 0..SOCKETS {
+        held.push(sent(addr, head.as_bytes()).await);
+    }
+    // The server has read them all once a request behind them is answered
+    // and its resident memory stops growing.
+    assert_healthy(addr).await;
+    let mut during = proc_status_kb(&child, "VmRSS");
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = proc_status_kb(&child, "VmRSS");
+        if now <= during {
+            break;
+        }
+        during = now;
+    }
+    let grown_mib = during.saturating_sub(before) as f64 / 1024.0;
+    eprintln!(
+        "{SOCKETS} unfinished 15 KiB heads: RSS {before} kB -> {during} kB (+{grown_mib:.1} MiB)"
+    );
+    assert!(
+        grown_mib < 48.0,
+        "{SOCKETS} unfinished heads grew the server by {grown_mib:.1} MiB"
+    );
+
+    assert_healthy(addr).await;
+    drop(held);
+    stop_binary(&mut child).await;
+}
+
+#[tokio::test]
+async fn bodies_must_arrive_in_time_and_oversized_ones_are_refused_unread() {
+    let dir = TempDir::new("body-limits");
+    let (mut child, addr, _) = start(server_command(&dir).env("BODY_TIMEOUT_SECS", "1")).await;
+    let token = admin_token();
+    let post = |length: usize, extra: &str| {
+        format!(
+            "POST /api/v1/products HTTP/1.1\r\nhost: ocha\r\nauthorization: Bearer {token}\r\n\
+             content-type: application/json\r\ncontent-length: {length}\r\n{extra}\r\n"
+        )
+    };
+    let body = product_body(1).to_string();
+
+    // A body that stalls halfway, and one that drips.
+    let mut stalled = sent(
+        addr,
+        format!("{}{}", post(body.len(), ""), &body[..10]).as_bytes(),
+    )
+    .await;
+    let mut dripping = sent(addr, post(body.len(), "").as_bytes()).await;
+    let started = Instant::now();
+    // A well-behaved admin is served meanwhile.
+    let other = product_body(2);
+    let (dripped, created) = tokio::join!(
+        drip(&mut dripping, body.as_bytes()),
+        post_product(addr, Some(&token), &other)
+    );
+    assert_eq!(created.status, StatusCode::CREATED);
+    let elapsed = started.elapsed();
+    assert!(
+        (Duration::from_millis(900)..Duration::from_secs(3)).contains(&elapsed),
+        "answered after {elapsed:?}"
+    );
+    let mut dripped = dripped.split("\r\n\r\n");
+    let reply = RawReply {
+        head: dripped.next().unwrap().to_owned(),
+        body: dripped.next().expect("a body").to_owned(),
+    };
+    for reply in [read_reply(&mut stalled).await, reply] {
+        assert_eq!(reply.status(), 408, "{reply:?}");
+        assert_eq!(reply.json()["message"], "Request body timed out");
+        assert_eq!(reply.header("connection"), Some("close"), "{reply:?}");
+    }
+    read_to_close(&mut stalled).await;
+
+    // Over the 1 MiB limit by its Content-Length: refused at once, before
+    // any of it is sent.
+    let too_large = 2 * 1024 * 1024;
+    let mut declared = sent(addr, post(too_large, "").as_bytes()).await;
+    let reply = read_reply(&mut declared).await;
+    assert_eq!(reply.status(), 413, "{reply:?}");
+    assert_eq!(reply.json()["message"], "Request body too large");
+    // A client that asks first is told no, without a 100 Continue.
+    let mut asking = sent(addr, post(too_large, "expect: 100-continue\r\n").as_bytes()).await;
+    let reply = read_reply(&mut asking).await;
+    assert_eq!(reply.status(), 413, "{reply:?}");
+    // One within the limit is asked for it.
+    let mut within = sent(
+        addr,
+        post(body.len(), "expect: 100-continue\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(read_reply(&mut within).await.status(), 100);
+    within.write_all(body.as_bytes()).await.unwrap();
+    assert_eq!(read_reply(&mut within).await.status(), 201);
+
+    stop_binary(&mut child).await;
 }
 
 #[tokio::test]
