@@ -33,7 +33,7 @@ use crate::listing::ListQuery;
 use crate::object_id;
 use crate::product::NewProduct;
 use crate::response::{self, Body};
-use crate::server::StartError;
+use crate::server::{ClientAddress, StartError};
 use crate::store::{Store, StoredEvent};
 
 /// Committed events waiting for the broadcaster. A fan-out takes
@@ -138,13 +138,13 @@ impl App {
             // The hub checks the whole handshake and explains what is missing.
             (Route::Hub, Method::GET) => {
                 let admission = match since(request.uri().query()) {
-                    Some(since) => Admission::anonymous().since(&since),
-                    None => Admission::anonymous(),
+                    Some(since) => client_admission(&request).since(&since),
+                    None => client_admission(&request),
                 };
                 return self
                     .hub
                     .upgrade_with(request, admission)
-                    .unwrap_or_else(HandshakeError::into_response);
+                    .unwrap_or_else(refusal);
             }
             (Route::Health, Method::GET) => Ok(response::text(StatusCode::OK, "Ignition!")),
             (Route::Ready, Method::GET) => Ok(self.readiness().await),
@@ -305,6 +305,24 @@ fn route(path: &str) -> Option<Route<'_>> {
             .strip_prefix("products/")
             .filter(|id| !id.is_empty() && !id.contains('/'))
             .map(Route::Product),
+    }
+}
+
+/// An anonymous client, counted by the address the server found for it
+/// ([`ClientAddress`]) against the hub's per-address limit.
+fn client_admission<B>(request: &Request<B>) -> Admission {
+    match request.extensions().get::<ClientAddress>() {
+        Some(client) => Admission::anonymous().peer(client.0),
+        None => Admission::anonymous(),
+    }
+}
+
+/// The response refusing a connection to the hub: the hub's own, but JSON
+/// like the API's for a client over its address's limit.
+fn refusal(error: HandshakeError) -> Response<Body> {
+    match error {
+        HandshakeError::TooManyPeerConnections => ApiError::TooManyConnections.into_response(),
+        error => error.into_response(),
     }
 }
 

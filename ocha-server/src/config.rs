@@ -20,9 +20,13 @@
 //! | `HEADER_TIMEOUT_SECS`  | `10`             | to send a request's headers; also the keep-alive idle time   |
 //! | `BODY_TIMEOUT_SECS`    | `30`             | to send a request's body once its headers are in             |
 //! | `MAX_HEADER_BYTES`     | `16384`          | request line and headers; larger gets 431                    |
+//! | `MAX_CONNECTIONS_PER_IP` | unlimited        | WebSockets per client address; more get 429                  |
 //!
-//! The `WS_*` variables tune the [`ocha_realtime::Hub`]; see
-//! [`ocha_realtime::Config`] for what each setting does.
+//! The `WS_*` variables and `MAX_CONNECTIONS_PER_IP` tune the
+//! [`ocha_realtime::Hub`]; see [`ocha_realtime::Config`] for what each
+//! setting does. `MAX_CONNECTIONS_PER_IP` counts an IPv6 client by its /64
+//! network, which one subscriber usually holds whole; leave it unset behind
+//! a proxy, whose clients all share its address.
 //!
 //! The other limits guard against slow, huge and hostile HTTP clients; see
 //! [`crate::server`] for how each is applied. `MAX_HTTP_CONNECTIONS`
@@ -305,8 +309,9 @@ impl HttpSettings {
     }
 }
 
-/// How the WebSocket hub behaves, from the `WS_*` variables. A variable
-/// left unset keeps [`ocha_realtime::Config`]'s default.
+/// How the WebSocket hub behaves, from the `WS_*` variables and
+/// `MAX_CONNECTIONS_PER_IP`. A variable left unset keeps
+/// [`ocha_realtime::Config`]'s default.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HubSettings {
     /// From `WS_HEARTBEAT_SECS`.
@@ -322,6 +327,8 @@ pub struct HubSettings {
     pub max_message_bytes: Option<usize>,
     /// From `WS_ALLOWED_ORIGINS`.
     pub allowed_origins: Option<Vec<String>>,
+    /// From `MAX_CONNECTIONS_PER_IP`.
+    pub max_connections_per_peer: Option<usize>,
 }
 
 impl HubSettings {
@@ -345,6 +352,9 @@ impl HubSettings {
         }
         if let Some(origins) = &self.allowed_origins {
             config = config.allowed_origins(origins);
+        }
+        if let Some(connections) = self.max_connections_per_peer {
+            config = config.max_connections_per_peer(connections);
         }
         config
     }
@@ -374,6 +384,7 @@ impl HubSettings {
             allowed_origins: var(lookup, "WS_ALLOWED_ORIGINS")?
                 .map(|list| origins(&list))
                 .transpose()?,
+            max_connections_per_peer: positive(lookup, "MAX_CONNECTIONS_PER_IP")?,
         })
     }
 }
@@ -664,6 +675,7 @@ mod tests {
                 "WS_ALLOWED_ORIGINS",
                 "https://shop.example, http://localhost:3000",
             ),
+            ("MAX_CONNECTIONS_PER_IP", "20"),
         ])
         .unwrap()
         .hub;
@@ -679,6 +691,7 @@ mod tests {
                     "https://shop.example".into(),
                     "http://localhost:3000".into()
                 ]),
+                max_connections_per_peer: Some(20),
             }
         );
         let os = config(&[("WS_SEND_BUFFER_BYTES", "os")]).unwrap().hub;
@@ -806,6 +819,7 @@ mod tests {
             "WS_OUTBOUND_CAPACITY",
             "WS_MAX_CONNECTIONS",
             "WS_MAX_MESSAGE_BYTES",
+            "MAX_CONNECTIONS_PER_IP",
         ] {
             for bad in ["0", "-1", "zero", "64KiB"] {
                 assert_eq!(

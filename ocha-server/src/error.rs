@@ -53,6 +53,10 @@ pub enum ApiError {
     /// since the rest of the body would be read as the next request.
     #[error("Request body timed out")]
     BodyTimeout,
+    /// 429: the client's address holds its most connections
+    /// (`MAX_CONNECTIONS_PER_IP`).
+    #[error("Too many connections from this address")]
+    TooManyConnections,
     /// 400: a listing parameter is not acceptable; holds which and why.
     #[error("Invalid query parameters")]
     InvalidQuery(String),
@@ -99,6 +103,7 @@ impl ApiError {
             ApiError::SlugTaken | ApiError::NameTaken => StatusCode::CONFLICT,
             ApiError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            ApiError::TooManyConnections => StatusCode::TOO_MANY_REQUESTS,
             ApiError::ProductNotFound | ApiError::RouteNotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,

@@ -12,8 +12,9 @@
 //!   attempts, which clients retry. Refusing them instead would take a
 //!   descriptor and a response per refusal, the very things running out.
 //!   Clients already connected are served as before. A connection upgraded
-//!   to a WebSocket leaves this count for the hub's, `WS_MAX_CONNECTIONS`;
-//!   one streaming a long response stays in it while the response lasts.
+//!   to a WebSocket leaves this count for the hub's, `WS_MAX_CONNECTIONS`
+//!   and `MAX_CONNECTIONS_PER_IP` (429); one streaming a long response
+//!   stays in it while the response lasts.
 //! - **Headers.** A request line and headers must arrive within
 //!   `HEADER_TIMEOUT_SECS` of the connection being ready for them (hyper's
 //!   `header_read_timeout`, which thereby also closes idle keep-alive
@@ -37,7 +38,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
@@ -419,6 +420,26 @@ struct Serving {
     body_timeout: Duration,
 }
 
+/// The address a client is counted by for `MAX_CONNECTIONS_PER_IP`, in
+/// every request's extensions: its IP address, as IPv4 when it is
+/// IPv4-mapped, and cut to its /64 network when it is IPv6, since one
+/// subscriber usually holds a whole /64.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddress(pub IpAddr);
+
+impl ClientAddress {
+    /// The address `peer` is counted by.
+    pub fn of(peer: IpAddr) -> ClientAddress {
+        match peer.to_canonical() {
+            IpAddr::V6(ip) => {
+                let network = u128::from(ip) & !(u128::from(u64::MAX));
+                ClientAddress(IpAddr::V6(Ipv6Addr::from(network)))
+            }
+            ip => ClientAddress(ip),
+        }
+    }
+}
+
 fn spawn_connection(
     stream: TcpStream,
     peer: SocketAddr,
@@ -426,10 +447,12 @@ fn spawn_connection(
     serving: Arc<Serving>,
     mut stop: watch::Receiver<()>,
 ) {
+    let client = ClientAddress::of(peer.ip());
     let app = serving.app.clone();
     let body_timeout = serving.body_timeout;
-    let service = service_fn(move |request: Request<Incoming>| {
+    let service = service_fn(move |mut request: Request<Incoming>| {
         let app = app.clone();
+        request.extensions_mut().insert(client);
         let request = request.map(|body| TimedBody::new(body, body_timeout));
         async move { Ok::<_, Infallible>(handle_logged(&app, peer, request).await) }
     });
@@ -589,6 +612,15 @@ mod tests {
         assert!(head.contains(&format!("content-length: {}", body.len())));
         let body: serde_json::Value = serde_json::from_str(body).unwrap();
         assert_eq!(body["message"], "Request header timed out");
+    }
+
+    #[test]
+    fn clients_are_counted_by_address_and_ipv6_by_network() {
+        let of = |ip: &str| ClientAddress::of(ip.parse().unwrap()).0.to_string();
+        assert_eq!(of("203.0.113.7"), "203.0.113.7");
+        assert_eq!(of("::ffff:203.0.113.7"), "203.0.113.7");
+        assert_eq!(of("2001:db8:1:2:aaaa:bbbb:cccc:dddd"), "2001:db8:1:2::");
+        assert_eq!(of("::1"), "::");
     }
 
     #[test]

@@ -13,9 +13,10 @@ use common::*;
 use http::StatusCode;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::process::Child;
 use tokio::time::Instant;
+use tokio_tungstenite::MaybeTlsStream;
 
 /// A health check, as a well-behaved client sends it.
 const HEALTH: &str = "GET /api/v1/health HTTP/1.1\r\nhost: ocha\r\n\r\n";
@@ -446,5 +447,53 @@ async fn out_of_descriptors_the_server_logs_once_backs_off_and_recovers() {
     assert!(failure_lines.is_empty(), "{failure_lines:#?}");
     assert_healthy(addr).await;
 
+    stop_binary(&mut child).await;
+}
+
+/// A WebSocket handshake from `local`, a loopback address of the client's
+/// choosing, as from another machine.
+async fn ws_from(local: &str, addr: SocketAddr) -> Ws {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{local}:0").parse().unwrap()).unwrap();
+    let stream = socket.connect(addr).await.unwrap();
+    let url = format!("ws://{addr}/");
+    let (ws, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream))
+        .await
+        .expect("WebSocket handshake");
+    ws
+}
+
+#[tokio::test]
+async fn max_connections_per_ip_refuses_websockets_past_it_with_429() {
+    let dir = TempDir::new("per-ip");
+    let (mut child, addr, _) = start(server_command(&dir).env("MAX_CONNECTIONS_PER_IP", "2")).await;
+
+    let first = ws_connect(addr).await;
+    let _second = ws_connect(addr).await;
+    match tokio_tungstenite::connect_async(format!("ws://{addr}/")).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+            assert_eq!(response.headers()["content-type"], "application/json");
+            let body: Value = serde_json::from_slice(response.body().as_deref().unwrap()).unwrap();
+            assert_eq!(body["message"], "Too many connections from this address");
+        }
+        other => panic!("expected a 429 refusal, got {other:?}"),
+    }
+    // Another address is not held back, and neither are plain requests.
+    let _elsewhere = ws_from("127.0.0.2", addr).await;
+    assert_healthy(addr).await;
+
+    // A connection that closes gives its place back.
+    drop(first);
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match tokio_tungstenite::connect_async(format!("ws://{addr}/")).await {
+            Ok(_) => break,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            Err(error) => panic!("the place was not given back: {error}"),
+        }
+    }
     stop_binary(&mut child).await;
 }

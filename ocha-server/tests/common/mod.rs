@@ -332,6 +332,7 @@ pub fn binary() -> Command {
         "WS_MAX_CONNECTIONS",
         "WS_MAX_MESSAGE_BYTES",
         "WS_ALLOWED_ORIGINS",
+        "MAX_CONNECTIONS_PER_IP",
         "MAX_HTTP_CONNECTIONS",
         "HEADER_TIMEOUT_SECS",
         "BODY_TIMEOUT_SECS",
