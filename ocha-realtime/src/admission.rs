@@ -1,5 +1,6 @@
 //! Who a new connection is, as the application decided when it admitted it.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::history::Since;
@@ -21,6 +22,7 @@ pub struct Admission {
     pub(crate) channels: Vec<(Arc<str>, Option<Since>)>,
     pub(crate) protocol: Option<String>,
     pub(crate) since: Option<Since>,
+    pub(crate) peer: Option<IpAddr>,
 }
 
 impl Admission {
@@ -81,6 +83,18 @@ impl Admission {
     /// [`Config::history_size`]: crate::Config::history_size
     pub fn since(mut self, since: &str) -> Admission {
         self.since = Some(Since::parse(since));
+        self
+    }
+
+    /// Counts the connection against `address`'s
+    /// [`Config::max_connections_per_peer`]: the socket's peer address, or
+    /// the client's as a proxy you trust reports it. To count a group of
+    /// addresses together (an IPv6 /64, which one subscriber usually holds
+    /// whole), pass the same address for each, such as the group's first.
+    ///
+    /// [`Config::max_connections_per_peer`]: crate::Config::max_connections_per_peer
+    pub fn peer(mut self, address: IpAddr) -> Admission {
+        self.peer = Some(address);
         self
     }
 }

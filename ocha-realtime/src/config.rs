@@ -26,6 +26,7 @@ pub struct Config {
     pub(crate) max_message_size: usize,
     pub(crate) allowed_origins: Option<Vec<String>>,
     pub(crate) max_connections: usize,
+    pub(crate) max_connections_per_peer: usize,
     pub(crate) close_timeout: Duration,
     pub(crate) send_buffer_size: Option<usize>,
     pub(crate) sse_heartbeat_interval: Duration,
@@ -42,6 +43,7 @@ impl Default for Config {
             max_message_size: 64 * 1024,
             allowed_origins: None,
             max_connections: usize::MAX,
+            max_connections_per_peer: usize::MAX,
             close_timeout: Duration::from_secs(5),
             send_buffer_size: Some(32 * 1024),
             sse_heartbeat_interval: Duration::from_secs(15),
@@ -131,6 +133,25 @@ impl Config {
     /// Default: no limit but the process's open-file limit.
     pub fn max_connections(mut self, connections: usize) -> Self {
         self.max_connections = connections;
+        self
+    }
+
+    /// Most connections open at once from one peer: the address the
+    /// application gave with [`Admission::peer`]. Upgrades past it get 429
+    /// ([`HandshakeError::TooManyPeerConnections`]), so one client cannot
+    /// take every connection [`max_connections`](Self::max_connections)
+    /// allows, nor every file descriptor. A connection counts until it is
+    /// gone; connections admitted without a peer are not counted.
+    ///
+    /// Clients behind one proxy or NAT share an address: set this only
+    /// where an address stands for one client.
+    ///
+    /// [`Admission::peer`]: crate::Admission::peer
+    /// [`HandshakeError::TooManyPeerConnections`]: crate::HandshakeError::TooManyPeerConnections
+    ///
+    /// Default: no limit.
+    pub fn max_connections_per_peer(mut self, connections: usize) -> Self {
+        self.max_connections_per_peer = connections;
         self
     }
 

@@ -38,6 +38,10 @@ pub enum HandshakeError {
     /// The hub holds its maximum number of connections.
     #[error("too many connections; try again later")]
     TooManyConnections,
+    /// The client's address holds its maximum number of connections
+    /// ([`Config::max_connections_per_peer`]).
+    #[error("too many connections from this address; close one or try again later")]
+    TooManyPeerConnections,
     /// The hub is shutting down.
     #[error("server is shutting down")]
     ShuttingDown,
@@ -57,6 +61,8 @@ impl HandshakeError {
         match self {
             HandshakeError::WebSocketVersion => StatusCode::UPGRADE_REQUIRED,
             HandshakeError::Origin => StatusCode::FORBIDDEN,
+            // The client's own doing, unlike a full hub: 429, not 503.
+            HandshakeError::TooManyPeerConnections => StatusCode::TOO_MANY_REQUESTS,
             HandshakeError::TooManyConnections | HandshakeError::ShuttingDown => {
                 StatusCode::SERVICE_UNAVAILABLE
             }

@@ -78,9 +78,10 @@ impl Hub {
     }
 
     /// Answers a WebSocket upgrade request that the application admitted
-    /// as `admission` (a user, its first channels): checks the handshake,
-    /// returns the `101 Switching Protocols` response to send, and runs the
-    /// connection on a new task once hyper hands over the socket.
+    /// as `admission` (a user, its first channels, its address): checks the
+    /// handshake and the connection limits, returns the `101 Switching
+    /// Protocols` response to send, and runs the connection on a new task
+    /// once hyper hands over the socket.
     ///
     /// Decide admission before calling this, as slowly as you need (a
     /// token check, a database lookup): the hub is not involved until then.
@@ -114,7 +115,7 @@ impl Hub {
             .extensions_mut()
             .remove::<OnUpgrade>()
             .ok_or(HandshakeError::NotUpgradable)?;
-        let slot = Slot::acquire(&self.registry).ok_or(HandshakeError::TooManyConnections)?;
+        let slot = Slot::acquire(&self.registry, admission.peer)?;
         // Listed now, before the 101 goes out: whatever is published from
         // here on waits in its outbox for the socket.
         let (registration, first) = Registration::new(slot, admission, Transport::WebSocket);
@@ -202,7 +203,7 @@ impl Hub {
                 admission = admission.since(last.to_str().unwrap_or("?"));
             }
         }
-        let slot = Slot::acquire(&self.registry).ok_or(HandshakeError::TooManyConnections)?;
+        let slot = Slot::acquire(&self.registry, admission.peer)?;
         let (registration, first) = Registration::new(slot, admission, Transport::EventStream);
         let body = EventStream::new(
             registration,
@@ -226,13 +227,15 @@ impl Hub {
     ///
     /// For servers that do their own handshake and for in-process clients
     /// (tests, benchmarks). The caller decided to admit the connection, so
-    /// [`Config::max_connections`] is not checked here.
+    /// [`Config::max_connections`] and [`Config::max_connections_per_peer`]
+    /// are not checked here, but the connection counts against them while
+    /// it is open.
     pub async fn serve<IO>(&self, io: IO, admission: Admission)
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
         let (registration, first) = Registration::new(
-            Slot::admitted(&self.registry),
+            Slot::admitted(&self.registry, admission.peer),
             admission,
             Transport::WebSocket,
         );

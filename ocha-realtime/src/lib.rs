@@ -68,6 +68,10 @@
 //!   own, only references to shared frames: the batch it is writing and at
 //!   most `outbound_capacity` queued behind it. Each upgraded socket's kernel
 //!   send buffer is capped too ([`Config::send_buffer_size`]).
+//! - Connections are capped in all ([`Config::max_connections`], 503) and
+//!   per client address ([`Config::max_connections_per_peer`], for
+//!   connections admitted with [`Admission::peer`], 429); a connection's
+//!   place is freed when it is gone.
 //! - The hub pings every client each [`Config::heartbeat_interval`] and drops
 //!   those silent for two intervals. A message over
 //!   [`Config::max_message_size`] closes the connection (1009).

@@ -2,8 +2,10 @@
 //! channels, admission against `max_connections`, fan-out of frames to every
 //! outbox or to a group's, the heartbeat, presence and the hub's counters.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -18,7 +20,7 @@ use crate::groups::Groups;
 use crate::history::{ChannelHistories, History, Replay, Since, RESYNC};
 use crate::outbox::{CloseReason, Outbox, Pushed};
 use crate::wire::{self, Transport, Wire};
-use crate::{frame, Admission, Config, ConnectionId, EventId, Message, Presence};
+use crate::{frame, Admission, Config, ConnectionId, EventId, HandshakeError, Message, Presence};
 
 /// Connections are spread over this many independently locked shards, so a
 /// connect or disconnect waits for at most one shard's share of a fan-out.
@@ -129,6 +131,9 @@ pub(crate) struct Registry {
     next_id: AtomicU64,
     /// Connection slots in use; see [`Slot`].
     slots: AtomicUsize,
+    /// Slots in use by each peer, when `max_connections_per_peer` is set;
+    /// a peer with none has no entry.
+    peers: Mutex<HashMap<IpAddr, usize>>,
     /// Woken whenever a slot is released, for [`Registry::close_all`].
     slot_released: Notify,
     shutting_down: AtomicBool,
@@ -179,6 +184,7 @@ impl Registry {
             publishing: Mutex::default(),
             next_id: AtomicU64::new(0),
             slots: AtomicUsize::new(0),
+            peers: Mutex::default(),
             slot_released: Notify::new(),
             shutting_down: AtomicBool::new(false),
             heartbeat_started: AtomicBool::new(false),
@@ -767,33 +773,78 @@ async fn heartbeat(registry: Weak<Registry>) {
     }
 }
 
-/// One connection's claim on [`Config::max_connections`], released when the
-/// connection ends.
+/// One connection's claim on [`Config::max_connections`] and on its peer's
+/// [`Config::max_connections_per_peer`], released when the connection
+/// ends: every transport holds one per connection.
 #[derive(Debug)]
-pub(crate) struct Slot(pub(crate) Arc<Registry>);
+pub(crate) struct Slot(
+    pub(crate) Arc<Registry>,
+    /// The peer the slot counts against, if any.
+    Option<IpAddr>,
+);
 
 impl Slot {
-    /// Claims a slot if fewer than `max_connections` are in use.
-    pub(crate) fn acquire(registry: &Arc<Registry>) -> Option<Slot> {
+    /// Claims a slot if fewer than `max_connections` are in use, and fewer
+    /// than `max_connections_per_peer` by `peer`.
+    pub(crate) fn acquire(
+        registry: &Arc<Registry>,
+        peer: Option<IpAddr>,
+    ) -> Result<Slot, HandshakeError> {
         let max = registry.config.max_connections;
         registry
             .slots
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < max).then_some(n + 1)
             })
-            .ok()?;
-        Some(Slot(registry.clone()))
+            .map_err(|_| HandshakeError::TooManyConnections)?;
+        // Held from here: an early return releases it.
+        let mut slot = Slot(registry.clone(), None);
+        if slot.count_peer(peer, registry.config.max_connections_per_peer) {
+            Ok(slot)
+        } else {
+            Err(HandshakeError::TooManyPeerConnections)
+        }
     }
 
-    /// Claims a slot whatever the limit, for a connection admitted elsewhere.
-    pub(crate) fn admitted(registry: &Arc<Registry>) -> Slot {
+    /// Claims a slot whatever the limits, for a connection admitted
+    /// elsewhere; it still counts against the limits of later ones.
+    pub(crate) fn admitted(registry: &Arc<Registry>, peer: Option<IpAddr>) -> Slot {
         registry.slots.fetch_add(1, Ordering::AcqRel);
-        Slot(registry.clone())
+        let mut slot = Slot(registry.clone(), None);
+        slot.count_peer(peer, usize::MAX);
+        slot
+    }
+
+    /// Counts this slot against `peer`, unless it holds `limit` slots
+    /// already: false then. Peers are counted only under a limit.
+    fn count_peer(&mut self, peer: Option<IpAddr>, limit: usize) -> bool {
+        let registry = &self.0;
+        let Some(peer) = peer.filter(|_| registry.config.max_connections_per_peer < usize::MAX)
+        else {
+            return true;
+        };
+        let mut peers = lock(&registry.peers);
+        let held = peers.get(&peer).copied().unwrap_or(0);
+        if held >= limit {
+            return false;
+        }
+        peers.insert(peer, held + 1);
+        self.1 = Some(peer);
+        true
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
+        if let Some(peer) = self.1 {
+            if let Entry::Occupied(mut held) = lock(&self.0.peers).entry(peer) {
+                if *held.get() > 1 {
+                    *held.get_mut() -= 1;
+                } else {
+                    held.remove();
+                }
+            }
+        }
         self.0.slots.fetch_sub(1, Ordering::AcqRel);
         self.0.slot_released.notify_waiters();
     }

@@ -3,7 +3,7 @@
 mod support;
 
 use http::{Request, StatusCode};
-use ocha_realtime::{Config, HandshakeError, Hub, OCHA_WELCOME};
+use ocha_realtime::{Admission, Config, HandshakeError, Hub, OCHA_WELCOME};
 use support::{connect, raw_exchange, raw_request, serve, upgrade_request};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -92,6 +92,81 @@ async fn upgrades_past_max_connections_get_503() {
     drop(second);
     support::eventually("a slot frees", || hub.stats().connections == 1).await;
     let _third = connect(addr, "/", OCHA_WELCOME).await;
+}
+
+/// An upgrade request from `peer`, as a proxy would report it.
+fn upgrade_from(peer: &str) -> String {
+    upgrade_request("").replacen("GET / ", &format!("GET /?peer={peer} "), 1)
+}
+
+#[tokio::test]
+async fn upgrades_past_max_connections_per_peer_get_429_and_other_peers_are_served() {
+    let (hub, addr) = serve(Config::default().max_connections_per_peer(2)).await;
+    let _first = connect(addr, "/?peer=192.0.2.1", OCHA_WELCOME).await;
+    let second = connect(addr, "/?peer=192.0.2.1", OCHA_WELCOME).await;
+
+    let refused = raw_request(addr, &upgrade_from("192.0.2.1")).await;
+    assert!(
+        refused.starts_with("HTTP/1.1 429 Too Many Requests\r\n"),
+        "{refused}"
+    );
+    assert!(
+        refused.ends_with("too many connections from this address; close one or try again later"),
+        "{refused}"
+    );
+    // Other addresses, IPv6 ones too, and connections admitted without an
+    // address are not held back.
+    let _other = connect(addr, "/?peer=192.0.2.2", OCHA_WELCOME).await;
+    let _v6 = connect(addr, "/?peer=2001:db8::1", OCHA_WELCOME).await;
+    let _unknown = [
+        connect(addr, "/", OCHA_WELCOME).await,
+        connect(addr, "/", OCHA_WELCOME).await,
+        connect(addr, "/", OCHA_WELCOME).await,
+    ];
+
+    // A connection that ends gives its place back.
+    drop(second);
+    support::eventually("the connection is gone", || hub.stats().connections == 6).await;
+    let _again = connect(addr, "/?peer=192.0.2.1", OCHA_WELCOME).await;
+}
+
+#[tokio::test]
+async fn an_upgrade_refused_for_its_peer_takes_no_place_in_the_hub() {
+    let config = Config::default()
+        .max_connections(2)
+        .max_connections_per_peer(1);
+    let (hub, addr) = serve(config).await;
+    let _first = connect(addr, "/?peer=192.0.2.1", OCHA_WELCOME).await;
+    for _ in 0..3 {
+        let refused = raw_request(addr, &upgrade_from("192.0.2.1")).await;
+        assert!(refused.starts_with("HTTP/1.1 429"), "{refused}");
+    }
+    assert_eq!(hub.stats().connections, 1);
+    let _second = connect(addr, "/?peer=192.0.2.2", OCHA_WELCOME).await;
+    // The hub is full now: its own limit answers, with 503.
+    let full = raw_request(addr, &upgrade_from("192.0.2.3")).await;
+    assert!(full.starts_with("HTTP/1.1 503"), "{full}");
+}
+
+#[tokio::test]
+async fn connections_served_directly_count_against_their_peer() {
+    let hub = Hub::new(Config::default().max_connections_per_peer(1));
+    let addr = support::serve_hub(hub.clone()).await;
+    let (client, server) = tokio::io::duplex(4096);
+    let served = hub.clone();
+    let peer = "192.0.2.1".parse().unwrap();
+    tokio::spawn(async move {
+        served
+            .serve(server, Admission::anonymous().peer(peer))
+            .await
+    });
+    support::eventually("it is connected", || hub.stats().connections == 1).await;
+
+    let refused = raw_request(addr, &upgrade_from("192.0.2.1")).await;
+    assert!(refused.starts_with("HTTP/1.1 429"), "{refused}");
+    drop(client);
+    support::eventually("it is gone", || hub.stats().connections == 0).await;
+    let _upgraded = connect(addr, "/?peer=192.0.2.1", OCHA_WELCOME).await;
 }
 
 #[tokio::test]

@@ -19,6 +19,8 @@
 //! A trailing slash is ignored on API paths, as Express does. Other paths
 //! answer 404 and other methods 405, both as JSON.
 
+use std::io;
+
 use bytes::Bytes;
 use http::header::{SEC_WEBSOCKET_KEY, UPGRADE};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
@@ -40,7 +42,7 @@ use crate::object_id;
 use crate::page::Asset;
 use crate::product::{NewProduct, ProductChanges};
 use crate::response::{self, Body};
-use crate::server::StartError;
+use crate::server::{ClientAddress, StartError};
 use crate::store::{Store, StoredEvent};
 
 /// Committed events waiting for the broadcaster. A fan-out takes
@@ -167,25 +169,16 @@ impl App {
         let result = match (route, method) {
             // The hub checks the whole handshake and explains what is missing.
             (Route::Root, Method::GET) if asks_for_websocket(request.headers()) => {
-                let admission = match since(request.uri().query()) {
-                    Some(since) => Admission::anonymous().since(&since),
-                    None => Admission::anonymous(),
+                let admission = client_admission(&request);
+                return match self.hub.upgrade_with(request, admission) {
+                    Ok(switching) => response::whole(switching),
+                    Err(refused) => refusal(refused),
                 };
-                return response::whole(
-                    self.hub
-                        .upgrade_with(request, admission)
-                        .unwrap_or_else(HandshakeError::into_response),
-                );
             }
             (Route::Events, Method::GET) => {
-                // Without `since`, the library reads `Last-Event-ID`.
-                let admission = match since(request.uri().query()) {
-                    Some(since) => Admission::anonymous().since(&since),
-                    None => Admission::anonymous(),
-                };
-                return match self.hub.event_stream(&request, admission) {
+                return match self.hub.event_stream(&request, client_admission(&request)) {
                     Ok(stream) => stream.map(Either::Right),
-                    Err(refused) => response::whole(refused.into_response()),
+                    Err(refused) => refusal(refused),
                 };
             }
             (Route::Root, Method::GET) => Ok(Asset::Page.response()),
@@ -441,6 +434,30 @@ fn product_id(id: &str) -> Result<String, ApiError> {
     }
 }
 
+/// An anonymous client, counted by the address the server found for it
+/// ([`ClientAddress`]) against the hub's per-address limit, resuming after
+/// `?since=` if given. (Without it, an event stream resumes after its
+/// `Last-Event-ID`, which the hub reads.)
+fn client_admission<B>(request: &Request<B>) -> Admission {
+    let admission = match request.extensions().get::<ClientAddress>() {
+        Some(client) => Admission::anonymous().peer(client.0),
+        None => Admission::anonymous(),
+    };
+    match since(request.uri().query()) {
+        Some(since) => admission.since(&since),
+        None => admission,
+    }
+}
+
+/// The response refusing a connection to the hub: the hub's own, but JSON
+/// like the API's for a client over its address's limit.
+fn refusal(error: HandshakeError) -> Response<Body> {
+    match error {
+        HandshakeError::TooManyPeerConnections => ApiError::TooManyConnections.into_response(),
+        error => response::whole(error.into_response()),
+    }
+}
+
 /// The `since` query parameter of a WebSocket upgrade, decoded; `None`
 /// when absent (a plain connection, whose welcome stays as the Ocha API's).
 fn since(query: Option<&str>) -> Option<String> {
@@ -449,15 +466,28 @@ fn since(query: Option<&str>) -> Option<String> {
         .map(|(_, value)| value.into_owned())
 }
 
-/// Reads the whole body, refusing more than [`MAX_BODY_BYTES`].
+/// Reads the whole body, refusing more than [`MAX_BODY_BYTES`]: at once
+/// when its `Content-Length` says so, before a byte of it is read (so a
+/// client waiting on `Expect: 100-continue` is never asked to send it).
+/// A body that fails as timed out ([`io::ErrorKind::TimedOut`]) gets 408.
 async fn read_body<B>(body: B) -> Result<Bytes, ApiError>
 where
     B: HttpBody,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
+    if body.size_hint().lower() > MAX_BODY_BYTES as u64 {
+        return Err(ApiError::BodyTooLarge);
+    }
     match Limited::new(body, MAX_BODY_BYTES).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(error) if error.is::<LengthLimitError>() => Err(ApiError::BodyTooLarge),
+        Err(error)
+            if error
+                .downcast_ref::<io::Error>()
+                .is_some_and(|error| error.kind() == io::ErrorKind::TimedOut) =>
+        {
+            Err(ApiError::BodyTimeout)
+        }
         Err(error) => Err(ApiError::BodyUnreadable(error.to_string())),
     }
 }

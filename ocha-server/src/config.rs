@@ -17,9 +17,22 @@
 //! | `EVENT_HISTORY_SECS`   | `86400`          | how long an event is kept, in seconds                        |
 //! | `REDIS_URL`            | none (one node)  | `redis://HOST:PORT`: nodes share events through Redis        |
 //! | `EVENT_POLL_MS`        | `1000`           | how often the event log is read for events nobody announced  |
+//! | `MAX_HTTP_CONNECTIONS` | see below        | connections speaking HTTP at once; more wait to be accepted  |
+//! | `HEADER_TIMEOUT_SECS`  | `10`             | to send a request's headers; also the keep-alive idle time   |
+//! | `BODY_TIMEOUT_SECS`    | `30`             | to send a request's body once its headers are in             |
+//! | `MAX_HEADER_BYTES`     | `16384`          | request line and headers; larger gets 431                    |
+//! | `MAX_CONNECTIONS_PER_IP` | unlimited        | WebSockets per client address; more get 429                  |
 //!
-//! The `WS_*` variables tune the [`ocha_realtime::Hub`]; see
-//! [`ocha_realtime::Config`] for what each setting does.
+//! The `WS_*` variables and `MAX_CONNECTIONS_PER_IP` tune the
+//! [`ocha_realtime::Hub`]; see [`ocha_realtime::Config`] for what each
+//! setting does. `MAX_CONNECTIONS_PER_IP` counts an IPv6 client by its /64
+//! network, which one subscriber usually holds whole; leave it unset behind
+//! a proxy, whose clients all share its address.
+//!
+//! The other limits guard against slow, huge and hostile HTTP clients; see
+//! [`crate::server`] for how each is applied. `MAX_HTTP_CONNECTIONS`
+//! defaults to the open-file limit less 64 descriptors for the database
+//! and the rest of the process, and at most 10,000.
 //!
 //! `DATABASE_URL` names SQLite, embedded and private to this server, or a
 //! Postgres server that several servers can share:
@@ -47,6 +60,9 @@ pub const DEFAULT_DATABASE_URL: &str = "sqlite:ocha.db";
 /// Longest heartbeat `WS_HEARTBEAT_SECS` accepts: a longer one would keep
 /// dead clients for hours, and is more likely a value in milliseconds.
 pub const MAX_HEARTBEAT_SECS: u64 = 3600;
+/// Fewest bytes `MAX_HEADER_BYTES` accepts: hyper's smallest read buffer,
+/// and room for a request line, a token and a few headers.
+pub const MIN_HEADER_BYTES: usize = 8192;
 
 /// Where products are stored.
 ///
@@ -165,7 +181,7 @@ pub enum ConfigError {
     /// seconds in range.
     #[error("{0} must be a whole number of seconds from 1 to {MAX_HEARTBEAT_SECS}, got {1:?}")]
     Heartbeat(&'static str, String),
-    /// A `WS_*` count or size is not a positive integer.
+    /// A count, size or number of seconds is not a positive integer.
     #[error("{0} must be a positive integer, got {1:?}")]
     NotPositive(&'static str, String),
     /// `WS_SEND_BUFFER_BYTES` is neither a size nor `os`.
@@ -180,6 +196,9 @@ pub enum ConfigError {
     /// `REDIS_URL` is not a Redis URL.
     #[error("REDIS_URL must be redis://HOST:PORT, got {0:?}")]
     RedisUrl(String),
+    /// `MAX_HEADER_BYTES` is not a size hyper can work with.
+    #[error("MAX_HEADER_BYTES must be a number of bytes from {MIN_HEADER_BYTES}, got {0:?}")]
+    HeaderBytes(String),
 }
 
 /// Event history and sharing, from `EVENT_HISTORY`, `EVENT_HISTORY_SECS`,
@@ -237,8 +256,64 @@ impl EventSettings {
     }
 }
 
-/// How the WebSocket hub behaves, from the `WS_*` variables. A variable
-/// left unset keeps [`ocha_realtime::Config`]'s default.
+/// Limits on HTTP connections and requests, from `MAX_HTTP_CONNECTIONS`,
+/// `HEADER_TIMEOUT_SECS`, `BODY_TIMEOUT_SECS` and `MAX_HEADER_BYTES`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpSettings {
+    /// Most connections speaking HTTP at once (upgraded WebSockets no
+    /// longer count); `None` derives it from the open-file limit at start.
+    pub max_connections: Option<usize>,
+    /// How long a connection may take to send a request's headers, from
+    /// when it is ready for one: accepted, or its previous response sent.
+    /// hyper runs one timer for both, so it is also how long an idle
+    /// keep-alive connection stays open.
+    pub header_timeout: Duration,
+    /// How long a request's body may take to arrive once its headers are in.
+    pub body_timeout: Duration,
+    /// Most bytes in a request line and headers.
+    pub max_header_bytes: usize,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings {
+            max_connections: None,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            // Node's default, so every request the Ocha API accepts fits.
+            max_header_bytes: 16 * 1024,
+        }
+    }
+}
+
+impl HttpSettings {
+    fn from_lookup(
+        lookup: &impl Fn(&str) -> Option<OsString>,
+    ) -> Result<HttpSettings, ConfigError> {
+        let defaults = HttpSettings::default();
+        let seconds = |name, default| {
+            positive(lookup, name)
+                .map(|secs| secs.map_or(default, |secs| Duration::from_secs(secs as u64)))
+        };
+        let max_header_bytes = var(lookup, "MAX_HEADER_BYTES")?
+            .map(|bytes| match bytes.parse() {
+                Ok(n) if n >= MIN_HEADER_BYTES => Ok(n),
+                _ => Err(ConfigError::HeaderBytes(bytes)),
+            })
+            .transpose()?
+            .unwrap_or(defaults.max_header_bytes);
+        Ok(HttpSettings {
+            max_connections: positive(lookup, "MAX_HTTP_CONNECTIONS")?,
+            header_timeout: seconds("HEADER_TIMEOUT_SECS", defaults.header_timeout)?,
+            body_timeout: seconds("BODY_TIMEOUT_SECS", defaults.body_timeout)?,
+            max_header_bytes,
+        })
+    }
+}
+
+/// How the WebSocket hub behaves, from the `WS_*` variables and
+/// `MAX_CONNECTIONS_PER_IP`. A variable left unset keeps
+/// [`ocha_realtime::Config`]'s default.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HubSettings {
     /// From `WS_HEARTBEAT_SECS`.
@@ -256,6 +331,8 @@ pub struct HubSettings {
     pub allowed_origins: Option<Vec<String>>,
     /// From `SSE_HEARTBEAT_SECS`.
     pub sse_heartbeat: Option<Duration>,
+    /// From `MAX_CONNECTIONS_PER_IP`.
+    pub max_connections_per_peer: Option<usize>,
 }
 
 impl HubSettings {
@@ -282,6 +359,9 @@ impl HubSettings {
         }
         if let Some(interval) = self.sse_heartbeat {
             config = config.sse_heartbeat_interval(interval);
+        }
+        if let Some(connections) = self.max_connections_per_peer {
+            config = config.max_connections_per_peer(connections);
         }
         config
     }
@@ -314,6 +394,7 @@ impl HubSettings {
             allowed_origins: var(lookup, "WS_ALLOWED_ORIGINS")?
                 .map(|list| origins(&list))
                 .transpose()?,
+            max_connections_per_peer: positive(lookup, "MAX_CONNECTIONS_PER_IP")?,
         })
     }
 }
@@ -331,6 +412,8 @@ pub struct Config {
     pub hub: HubSettings,
     /// From the `EVENT_*` variables and `REDIS_URL`.
     pub events: EventSettings,
+    /// From the HTTP limits' variables.
+    pub http: HttpSettings,
 }
 
 impl fmt::Debug for Config {
@@ -345,6 +428,7 @@ impl fmt::Debug for Config {
             )
             .field("hub", &self.hub)
             .field("events", &self.events)
+            .field("http", &self.http)
             .finish()
     }
 }
@@ -376,6 +460,7 @@ impl Config {
             jwt_secret: jwt_secret(&lookup)?,
             hub: HubSettings::from_lookup(&lookup)?,
             events: EventSettings::from_lookup(&lookup)?,
+            http: HttpSettings::from_lookup(&lookup)?,
         })
     }
 }
@@ -455,6 +540,60 @@ mod tests {
         assert_eq!(config.jwt_secret, None);
         assert_eq!(config.hub, HubSettings::default());
         assert_eq!(config.events, EventSettings::default());
+        assert_eq!(config.http, HttpSettings::default());
+    }
+
+    #[test]
+    fn http_settings() {
+        let config = config(&[
+            ("MAX_HTTP_CONNECTIONS", "500"),
+            ("HEADER_TIMEOUT_SECS", "5"),
+            ("BODY_TIMEOUT_SECS", "60"),
+            ("MAX_HEADER_BYTES", "32768"),
+        ])
+        .unwrap();
+        assert_eq!(
+            config.http,
+            HttpSettings {
+                max_connections: Some(500),
+                header_timeout: Duration::from_secs(5),
+                body_timeout: Duration::from_secs(60),
+                max_header_bytes: 32768,
+            }
+        );
+        for (name, bad, error) in [
+            (
+                "MAX_HTTP_CONNECTIONS",
+                "0",
+                ConfigError::NotPositive("MAX_HTTP_CONNECTIONS", "0".into()),
+            ),
+            (
+                "HEADER_TIMEOUT_SECS",
+                "0",
+                ConfigError::NotPositive("HEADER_TIMEOUT_SECS", "0".into()),
+            ),
+            (
+                "BODY_TIMEOUT_SECS",
+                "1.5",
+                ConfigError::NotPositive("BODY_TIMEOUT_SECS", "1.5".into()),
+            ),
+            (
+                "MAX_HEADER_BYTES",
+                "8191",
+                ConfigError::HeaderBytes("8191".into()),
+            ),
+            (
+                "MAX_HEADER_BYTES",
+                "16k",
+                ConfigError::HeaderBytes("16k".into()),
+            ),
+        ] {
+            assert_eq!(
+                self::config(&[(name, bad)]).err(),
+                Some(error),
+                "{name}={bad}"
+            );
+        }
     }
 
     #[test]
@@ -547,6 +686,7 @@ mod tests {
                 "https://shop.example, http://localhost:3000",
             ),
             ("SSE_HEARTBEAT_SECS", "5"),
+            ("MAX_CONNECTIONS_PER_IP", "20"),
         ])
         .unwrap()
         .hub;
@@ -563,6 +703,7 @@ mod tests {
                     "http://localhost:3000".into()
                 ]),
                 sse_heartbeat: Some(Duration::from_secs(5)),
+                max_connections_per_peer: Some(20),
             }
         );
         let os = config(&[("WS_SEND_BUFFER_BYTES", "os")]).unwrap().hub;
@@ -690,6 +831,7 @@ mod tests {
             "WS_OUTBOUND_CAPACITY",
             "WS_MAX_CONNECTIONS",
             "WS_MAX_MESSAGE_BYTES",
+            "MAX_CONNECTIONS_PER_IP",
         ] {
             for bad in ["0", "-1", "zero", "64KiB"] {
                 assert_eq!(

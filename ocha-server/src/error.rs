@@ -3,7 +3,7 @@
 //! Each variant's `Display` is the `message` field clients see; the detail
 //! a variant carries becomes the `error` field.
 
-use http::header::{HeaderValue, ALLOW};
+use http::header::{HeaderValue, ALLOW, CONNECTION};
 use http::{Response, StatusCode};
 use serde::Serialize;
 use thiserror::Error;
@@ -49,6 +49,14 @@ pub enum ApiError {
     /// 400: the body could not be read (the client broke off, or bad chunking).
     #[error("Invalid request body")]
     BodyUnreadable(String),
+    /// 408: the body did not arrive in time; the connection is closed,
+    /// since the rest of the body would be read as the next request.
+    #[error("Request body timed out")]
+    BodyTimeout,
+    /// 429: the client's address holds its most connections
+    /// (`MAX_CONNECTIONS_PER_IP`).
+    #[error("Too many connections from this address")]
+    TooManyConnections,
     /// 400: a listing parameter is not acceptable; holds which and why.
     #[error("Invalid query parameters")]
     InvalidQuery(String),
@@ -94,6 +102,8 @@ impl ApiError {
             ApiError::InvalidData(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::SlugTaken | ApiError::NameTaken => StatusCode::CONFLICT,
             ApiError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            ApiError::TooManyConnections => StatusCode::TOO_MANY_REQUESTS,
             ApiError::ProductNotFound | ApiError::RouteNotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -121,10 +131,18 @@ impl ApiError {
             error: self.detail(),
         };
         let mut response = response::json(self.status(), &body);
-        if let ApiError::MethodNotAllowed(allow) = self {
-            response
-                .headers_mut()
-                .insert(ALLOW, HeaderValue::from_static(allow));
+        match self {
+            ApiError::MethodNotAllowed(allow) => {
+                response
+                    .headers_mut()
+                    .insert(ALLOW, HeaderValue::from_static(allow));
+            }
+            ApiError::BodyTimeout => {
+                response
+                    .headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
+            }
+            _ => {}
         }
         response
     }

@@ -9,7 +9,8 @@
 //!
 //! # Modules
 //!
-//! - [`server`]: accept loop, hyper connections, graceful shutdown, signals.
+//! - [`server`]: accept loop, hyper connections and their limits, graceful
+//!   shutdown, signals.
 //! - [`api`]: routing and the HTTP handlers.
 //! - [`error`]: API errors and their JSON bodies.
 //! - [`response`]: JSON and text response builders.

@@ -31,7 +31,9 @@ pub async fn serve_hub(hub: Hub) -> SocketAddr {
 /// Serves `hub` on a free port: WebSocket upgrades on `/` (with hyper's
 /// `Incoming` body) and on `/mapped` (with the body replaced, as a framework
 /// would), and a plain route on `/health`. `/?since=ID` resumes after `ID`;
-/// `/?channel=NAME&since=ID` joins `NAME` and resumes its events after `ID`.
+/// `/?channel=NAME&since=ID` joins `NAME` and resumes its events after `ID`;
+/// `/?peer=IP` admits the client as coming from `IP`, as a proxy would
+/// report it.
 pub async fn serve(config: Config) -> (Hub, SocketAddr) {
     let hub = Hub::new(config);
     let addr = serve_hub(hub.clone()).await;
@@ -53,17 +55,22 @@ async fn accept_loop(listener: TcpListener, hub: Hub) {
                         .map(str::to_owned)
                 })
             };
-            let (since, channel) = (param("since"), param("channel"));
-            let response = match (request.uri().path(), since) {
-                ("/", Some(since)) => {
-                    let admission = match channel {
-                        Some(channel) => Admission::anonymous().channel_since(channel, &since),
-                        None => Admission::anonymous().since(&since),
+            let (since, channel, peer) = (param("since"), param("channel"), param("peer"));
+            let response = match request.uri().path() {
+                "/" => {
+                    let mut admission = match (since, channel) {
+                        (Some(since), Some(channel)) => {
+                            Admission::anonymous().channel_since(channel, &since)
+                        }
+                        (Some(since), None) => Admission::anonymous().since(&since),
+                        (None, _) => Admission::anonymous(),
                     };
+                    if let Some(peer) = peer {
+                        admission = admission.peer(peer.parse().expect("an IP address"));
+                    }
                     hub.upgrade_with(request, admission)
                 }
-                ("/", None) => hub.upgrade(request),
-                ("/mapped", _) => hub.upgrade(request.map(|_| Empty::<Bytes>::new())),
+                "/mapped" => hub.upgrade(request.map(|_| Empty::<Bytes>::new())),
                 _ => Ok(Response::new(Full::new(Bytes::from("ok")))),
             };
             let response = response.unwrap_or_else(HandshakeError::into_response);

@@ -348,8 +348,8 @@ pub async fn close_code(ws: &mut Ws) -> u16 {
 }
 
 /// The compiled `ocha-server` binary, with a clean environment: no
-/// inherited `PORT`, `HOST`, `DATABASE_URL`, `JWT_SECRET`, `WS_*` or
-/// `RUST_LOG`.
+/// inherited `PORT`, `HOST`, `DATABASE_URL`, `JWT_SECRET`, `WS_*`, HTTP
+/// limits or `RUST_LOG`.
 pub fn binary() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_ocha-server"));
     for name in [
@@ -363,6 +363,11 @@ pub fn binary() -> Command {
         "WS_MAX_CONNECTIONS",
         "WS_MAX_MESSAGE_BYTES",
         "WS_ALLOWED_ORIGINS",
+        "MAX_CONNECTIONS_PER_IP",
+        "MAX_HTTP_CONNECTIONS",
+        "HEADER_TIMEOUT_SECS",
+        "BODY_TIMEOUT_SECS",
+        "MAX_HEADER_BYTES",
         "RUST_LOG",
     ] {
         command.env_remove(name);
@@ -463,6 +468,24 @@ impl Log {
         self.find(needle)
             .await
             .unwrap_or_else(|| panic!("the log ended without {needle:?}"))
+    }
+
+    /// Reads lines until one contains `needle`, and returns them all.
+    pub async fn lines_until(&mut self, needle: &str) -> Vec<String> {
+        let mut lines = Vec::new();
+        tokio::time::timeout(PATIENCE, async {
+            while let Some(line) = self.0.recv().await {
+                let found = line.contains(needle);
+                lines.push(line);
+                if found {
+                    return;
+                }
+            }
+            panic!("the log ended without {needle:?}: {lines:#?}");
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no log line with {needle:?} in time"));
+        lines
     }
 }
 
