@@ -216,6 +216,32 @@ pub async fn send(
     }
 }
 
+/// A `GET` with extra request headers.
+pub async fn get_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Reply {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("HTTP handshake");
+    tokio::spawn(connection);
+    let mut request = Request::get(path).header("host", addr.to_string());
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = tokio::time::timeout(
+        PATIENCE,
+        sender.send_request(request.body(Full::new(Bytes::new())).unwrap()),
+    )
+    .await
+    .expect("response in time")
+    .expect("response");
+    let (parts, body) = response.into_parts();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body: body.collect().await.expect("read body").to_bytes(),
+    }
+}
+
 pub async fn get(addr: SocketAddr, path: &str) -> Reply {
     send(addr, Method::GET, path, None, Bytes::new()).await
 }
