@@ -5,7 +5,7 @@
 //! | `PORT`                 | `5001`           | TCP port for HTTP and WebSocket                              |
 //! | `HOST`                 | `0.0.0.0`        | IP address to listen on                                      |
 //! | `DATABASE_URL`         | `sqlite:ocha.db` | `sqlite:<path>`, `sqlite::memory:` or `postgres://…` (below) |
-//! | `JWT_SECRET`           | random per run   | HS256 secret shared with the token issuer                    |
+//! | `JWT_SECRET`           | random per run   | HS256 secret shared with the token issuer (warned if < 32 B) |
 //! | `WS_HEARTBEAT_SECS`    | `30`             | ping period, 1 to 3600 seconds                               |
 //! | `WS_OUTBOUND_CAPACITY` | `256`            | messages queued per client before 4008                       |
 //! | `WS_SEND_BUFFER_BYTES` | `32768`          | kernel send buffer per socket, or `os`                       |
