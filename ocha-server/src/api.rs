@@ -8,15 +8,25 @@
 //! | `/api/v1/ready`        | GET       | readiness: database and Redis status   |
 //! | `/api/v1/products`     | GET, POST | listing; creation (admin) + broadcast  |
 //! | `/api/v1/products/:id` | GET       | one product                            |
+//! | `/metrics`             | GET       | Prometheus metrics ([`metrics`])       |
 //!
 //! A trailing slash is ignored, as Express does. Other paths answer 404 and
 //! other methods 405, both as JSON.
+//!
+//! `/metrics` is open, as most exporters are: it tells counts and timings,
+//! no product, client or secret, and costs a few microseconds. Where the
+//! port is public and the traffic figures are not, restrict the path at
+//! the proxy in front.
+//!
+//! [`metrics`]: crate::metrics
+
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Body as HttpBody;
-use ocha_realtime::{Admission, EventId, HandshakeError, Hub, Relay};
+use ocha_realtime::{Admission, EventId, Hub, Relay};
 
 use crate::event::Product;
 use serde::Serialize;
@@ -28,6 +38,7 @@ use crate::config::EventSettings;
 use crate::error::{ApiError, MAX_BODY_BYTES};
 use crate::event_log;
 use crate::listing::ListQuery;
+use crate::metrics::{Metrics, PublishedEvents};
 use crate::object_id;
 use crate::product::NewProduct;
 use crate::response::{self, Body};
@@ -43,8 +54,11 @@ const BROADCAST_QUEUE: usize = 1024;
 /// How long the readiness check waits for the database.
 const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// The `route` label of requests to no route: one for every unknown path.
+const UNMATCHED_ROUTE: &str = "unmatched";
+
 /// Everything a request handler needs: storage, token keys, the hub and
-/// the relay that feeds it.
+/// the relay that feeds it, and the metrics.
 #[derive(Clone)]
 pub struct App {
     store: Store,
@@ -52,6 +66,7 @@ pub struct App {
     hub: Hub,
     relay: Relay<Store>,
     broadcasts: mpsc::Sender<Broadcast>,
+    metrics: Metrics,
 }
 
 /// Work for the broadcaster, done in the order it was queued.
@@ -66,8 +81,24 @@ enum Route<'a> {
     Hub,
     Health,
     Ready,
+    Metrics,
     Products,
     Product(&'a str),
+}
+
+impl Route<'_> {
+    /// The route's template: the `route` label of its requests, in which
+    /// ids make no series of their own.
+    fn template(&self) -> &'static str {
+        match self {
+            Route::Hub => "/",
+            Route::Health => "/api/v1/health",
+            Route::Ready => "/api/v1/ready",
+            Route::Metrics => "/metrics",
+            Route::Products => "/api/v1/products",
+            Route::Product(_) => "/api/v1/products/:id",
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -105,15 +136,20 @@ impl App {
         hub: Hub,
         events: &EventSettings,
     ) -> Result<App, StartError> {
-        let relay = event_log::start(&store, &hub, events).await?;
+        let published = PublishedEvents::new();
+        let counter = published.clone();
+        let relay =
+            event_log::start(&store, &hub, events, move |_, event| counter.count(event)).await?;
         let (broadcasts, queue) = mpsc::channel(BROADCAST_QUEUE);
         tokio::spawn(broadcast(relay.clone(), queue));
+        let metrics = Metrics::new(&store, &hub, &relay, &published);
         Ok(App {
             store,
             keys,
             hub,
             relay,
             broadcasts,
+            metrics,
         })
     }
 
@@ -122,8 +158,28 @@ impl App {
         &self.hub
     }
 
-    /// Answers one request. Never fails: errors become JSON responses.
+    /// Answers one request, counted in the metrics. Never fails: errors
+    /// become JSON responses.
     pub async fn handle<B>(&self, request: Request<B>) -> Response<Body>
+    where
+        B: HttpBody,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let started = Instant::now();
+        let method = request.method().clone();
+        let route = route(request.uri().path()).map(|route| route.template());
+        let response = self.respond(request).await;
+        self.metrics.request(
+            route.unwrap_or(UNMATCHED_ROUTE),
+            &method,
+            response.status(),
+            started.elapsed(),
+        );
+        response
+    }
+
+    /// Routes a request to its handler.
+    async fn respond<B>(&self, request: Request<B>) -> Response<Body>
     where
         B: HttpBody,
         B::Error: std::error::Error + Send + Sync + 'static,
@@ -142,14 +198,18 @@ impl App {
                 return self
                     .hub
                     .upgrade_with(request, admission)
-                    .unwrap_or_else(HandshakeError::into_response);
+                    .unwrap_or_else(|refusal| {
+                        self.metrics.refused(&refusal);
+                        refusal.into_response()
+                    });
             }
             (Route::Health, Method::GET) => Ok(response::text(StatusCode::OK, "Ignition!")),
             (Route::Ready, Method::GET) => Ok(self.readiness().await),
+            (Route::Metrics, Method::GET) => Ok(self.metrics.response()),
             (Route::Products, Method::GET) => self.list_products(request.uri().query()).await,
             (Route::Products, Method::POST) => self.create_product(request).await,
             (Route::Product(id), Method::GET) => self.get_product(id).await,
-            (Route::Hub | Route::Health | Route::Ready | Route::Product(_), _) => {
+            (Route::Hub | Route::Health | Route::Ready | Route::Metrics | Route::Product(_), _) => {
                 Err(ApiError::MethodNotAllowed("GET"))
             }
             (Route::Products, _) => Err(ApiError::MethodNotAllowed("GET, POST")),
@@ -295,6 +355,9 @@ fn route(path: &str) -> Option<Route<'_>> {
         return Some(Route::Hub);
     }
     let path = path.strip_suffix('/').unwrap_or(path);
+    if path == "/metrics" {
+        return Some(Route::Metrics);
+    }
     match path.strip_prefix("/api/v1/")? {
         "health" => Some(Route::Health),
         "ready" => Some(Route::Ready),
@@ -336,6 +399,7 @@ mod tests {
             Route::Hub => "hub".to_owned(),
             Route::Health => "health".to_owned(),
             Route::Ready => "ready".to_owned(),
+            Route::Metrics => "metrics".to_owned(),
             Route::Products => "products".to_owned(),
             Route::Product(id) => format!("product {id}"),
         })
@@ -346,6 +410,8 @@ mod tests {
         assert_eq!(routed("/").as_deref(), Some("hub"));
         assert_eq!(routed("/api/v1/health").as_deref(), Some("health"));
         assert_eq!(routed("/api/v1/ready").as_deref(), Some("ready"));
+        assert_eq!(routed("/metrics").as_deref(), Some("metrics"));
+        assert_eq!(routed("/metrics/").as_deref(), Some("metrics"));
         assert_eq!(routed("/api/v1/products").as_deref(), Some("products"));
         assert_eq!(routed("/api/v1/products/").as_deref(), Some("products"));
         assert_eq!(
@@ -366,6 +432,8 @@ mod tests {
             "/api/v1/products//",
             "/api/v1/products/a/b",
             "/api/v1/healthz",
+            "/api/v1/metrics",
+            "/metrics/x",
         ] {
             assert_eq!(routed(unknown), None, "{unknown}");
         }

@@ -30,6 +30,15 @@ pub enum Event {
     },
 }
 
+impl Event {
+    /// The event's `type` field, such as `new_product`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::NewProduct { .. } => "new_product",
+        }
+    }
+}
+
 /// An event with its position in the event log, as clients receive it: the
 /// event's fields, then the id as a string, last.
 ///
@@ -155,6 +164,13 @@ mod tests {
         );
         let back: Event = serde_json::from_str(&json).unwrap();
         assert_eq!(back, Event::NewProduct { product: product() });
+    }
+
+    #[test]
+    fn names_are_the_type_field() {
+        let event = Event::NewProduct { product: product() };
+        let json = serde_json::to_value(&event).unwrap();
+        assert_eq!(json["type"], event.name());
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //!
 //! - [`server`]: accept loop, hyper connections, graceful shutdown, signals.
 //! - [`api`]: routing and the HTTP handlers.
+//! - [`metrics`]: Prometheus metrics, served at `/metrics`.
 //! - [`error`]: API errors and their JSON bodies.
 //! - [`response`]: JSON and text response builders.
 //! - [`event`]: the events clients receive and the product documents they
@@ -50,6 +51,7 @@ pub mod error;
 pub mod event;
 pub mod event_log;
 pub mod listing;
+pub mod metrics;
 pub mod object_id;
 pub mod product;
 pub mod response;

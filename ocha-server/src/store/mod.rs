@@ -40,6 +40,7 @@ use thiserror::Error;
 
 use crate::config::Database;
 use crate::event::{Event, Numbered, Product};
+use crate::metrics::StoreLatency;
 
 mod postgres;
 mod sqlite;
@@ -138,10 +139,11 @@ pub struct StoredEvent {
 }
 
 /// A handle to the database. Cloning is cheap and shares the connection
-/// (SQLite) or the pool (Postgres).
+/// (SQLite) or the pool (Postgres), and the operations' timings.
 #[derive(Debug, Clone)]
 pub struct Store {
     backend: Backend,
+    latency: StoreLatency,
 }
 
 #[derive(Debug, Clone)]
@@ -165,7 +167,15 @@ impl Store {
             }
             Database::Postgres(url) => Backend::Postgres(postgres::Postgres::open(url).await?),
         };
-        Ok(Store { backend })
+        Ok(Store {
+            backend,
+            latency: StoreLatency::new(),
+        })
+    }
+
+    /// How long each operation takes, for the metrics.
+    pub(crate) fn latency(&self) -> &StoreLatency {
+        &self.latency
     }
 
     /// Inserts a product and its `new_product` event in one transaction,
@@ -194,6 +204,7 @@ impl Store {
     where
         F: FnOnce(&StoredEvent) + Send + 'static,
     {
+        let _timer = self.latency.start("insert");
         match &self.backend {
             Backend::Sqlite(store) => store.insert(product, on_commit).await,
             Backend::Postgres(store) => store.insert(product, on_commit).await,
@@ -208,6 +219,7 @@ impl Store {
         offset: u64,
         limit: u64,
     ) -> Result<Page, StoreError> {
+        let _timer = self.latency.start("list");
         match &self.backend {
             Backend::Sqlite(store) => store.list(activity, offset, limit).await,
             Backend::Postgres(store) => store.list(activity, offset, limit).await,
@@ -216,6 +228,7 @@ impl Store {
 
     /// Returns the product with this id (24 lowercase hex digits), if any.
     pub async fn find(&self, id: String) -> Result<Option<Product>, StoreError> {
+        let _timer = self.latency.start("find");
         match &self.backend {
             Backend::Sqlite(store) => store.find(id).await,
             Backend::Postgres(store) => store.find(id).await,
@@ -231,6 +244,7 @@ impl Store {
         after: u64,
         limit: usize,
     ) -> Result<Vec<StoredEvent>, StoreError> {
+        let _timer = self.latency.start("events_after");
         match &self.backend {
             Backend::Sqlite(store) => store.events_after(after, limit).await,
             Backend::Postgres(store) => store.events_after(after, limit).await,
@@ -249,6 +263,7 @@ impl Store {
         count: usize,
         newer_than: SystemTime,
     ) -> Result<(u64, Vec<StoredEvent>), StoreError> {
+        let _timer = self.latency.start("latest_events");
         match &self.backend {
             Backend::Sqlite(store) => store.latest_events(count, newer_than).await,
             Backend::Postgres(store) => store.latest_events(count, newer_than).await,
@@ -267,6 +282,7 @@ impl Store {
         keep: usize,
         older_than: SystemTime,
     ) -> Result<u64, StoreError> {
+        let _timer = self.latency.start("prune_events");
         match &self.backend {
             Backend::Sqlite(store) => store.prune_events(keep, older_than).await,
             Backend::Postgres(store) => store.prune_events(keep, older_than).await,
@@ -275,6 +291,7 @@ impl Store {
 
     /// One round trip to the database, for a readiness check.
     pub async fn ping(&self) -> Result<(), StoreError> {
+        let _timer = self.latency.start("ping");
         match &self.backend {
             Backend::Sqlite(store) => store.ping().await,
             Backend::Postgres(store) => store.ping().await,

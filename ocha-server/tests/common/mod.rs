@@ -32,6 +32,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub mod daemon;
 pub mod docs_client;
+pub mod metrics;
 pub mod postgres;
 pub mod redis;
 
