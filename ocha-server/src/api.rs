@@ -11,7 +11,8 @@
 //! | `/metrics`             | GET       | Prometheus metrics ([`metrics`])       |
 //!
 //! A trailing slash is ignored, as Express does. Other paths answer 404 and
-//! other methods 405, both as JSON.
+//! other methods 405, both as JSON. Browser pages on the origins set with
+//! [`App::with_cors_origins`] may call every route ([`cors`]).
 //!
 //! `/metrics` is open, as most exporters are: it tells counts and timings,
 //! no product, client or secret, and costs a few microseconds. Where the
@@ -19,6 +20,7 @@
 //! the proxy in front.
 //!
 //! [`metrics`]: crate::metrics
+//! [`cors`]: crate::cors
 
 use std::time::Instant;
 
@@ -35,6 +37,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::auth::Keys;
 use crate::config::EventSettings;
+use crate::cors::{self, Cors};
 use crate::error::{ApiError, MAX_BODY_BYTES};
 use crate::event_log;
 use crate::listing::ListQuery;
@@ -58,7 +61,7 @@ const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 const UNMATCHED_ROUTE: &str = "unmatched";
 
 /// Everything a request handler needs: storage, token keys, the hub and
-/// the relay that feeds it, and the metrics.
+/// the relay that feeds it, the metrics and the origins allowed to call.
 #[derive(Clone)]
 pub struct App {
     store: Store,
@@ -67,6 +70,7 @@ pub struct App {
     relay: Relay<Store>,
     broadcasts: mpsc::Sender<Broadcast>,
     metrics: Metrics,
+    cors: Cors,
 }
 
 /// Work for the broadcaster, done in the order it was queued.
@@ -150,7 +154,15 @@ impl App {
             relay,
             broadcasts,
             metrics,
+            cors: Cors::default(),
         })
+    }
+
+    /// Lets browser pages on `origins` (`scheme://host[:port]`, compared
+    /// exactly with their `Origin`) call the API; see [`cors`].
+    pub fn with_cors_origins(mut self, origins: &[String]) -> App {
+        self.cors = Cors::new(origins);
+        self
     }
 
     /// The hub WebSocket clients join, for shutting it down.
@@ -168,7 +180,15 @@ impl App {
         let started = Instant::now();
         let method = request.method().clone();
         let route = route(request.uri().path()).map(|route| route.template());
-        let response = self.respond(request).await;
+        let origin = self.cors.allowed_origin(request.headers());
+        // An allowed origin's preflight is answered on any route, for every
+        // method a page may use; other OPTIONS requests are routed as usual.
+        let mut response = if origin.is_some() && route.is_some() && cors::is_preflight(&request) {
+            cors::preflight()
+        } else {
+            self.respond(request).await
+        };
+        self.cors.finish(origin, &mut response);
         self.metrics.request(
             route.unwrap_or(UNMATCHED_ROUTE),
             &method,

@@ -16,6 +16,7 @@
 //! | `EVENT_HISTORY_SECS`   | `86400`          | how long an event is kept, in seconds                        |
 //! | `REDIS_URL`            | none (one node)  | `redis://HOST:PORT`: nodes share events through Redis        |
 //! | `EVENT_POLL_MS`        | `1000`           | how often the event log is read for events nobody announced  |
+//! | `CORS_ORIGINS`         | none             | comma-separated exact origins whose pages may call the API   |
 //!
 //! The `WS_*` variables tune the [`ocha_realtime::Hub`]; see
 //! [`ocha_realtime::Config`] for what each setting does.
@@ -178,6 +179,11 @@ pub enum ConfigError {
     /// `REDIS_URL` is not a Redis URL.
     #[error("REDIS_URL must be redis://HOST:PORT, got {0:?}")]
     RedisUrl(String),
+    /// `CORS_ORIGINS` holds something that is not an origin.
+    #[error(
+        "CORS_ORIGINS must be comma-separated origins such as https://admin.example, got {0:?}"
+    )]
+    CorsOrigins(String),
 }
 
 /// Event history and sharing, from `EVENT_HISTORY`, `EVENT_HISTORY_SECS`,
@@ -302,7 +308,7 @@ impl HubSettings {
             max_connections: positive(lookup, "WS_MAX_CONNECTIONS")?,
             max_message_bytes: positive(lookup, "WS_MAX_MESSAGE_BYTES")?,
             allowed_origins: var(lookup, "WS_ALLOWED_ORIGINS")?
-                .map(|list| origins(&list))
+                .map(|list| origins(&list, ConfigError::AllowedOrigins))
                 .transpose()?,
         })
     }
@@ -321,6 +327,8 @@ pub struct Config {
     pub hub: HubSettings,
     /// From the `EVENT_*` variables and `REDIS_URL`.
     pub events: EventSettings,
+    /// From `CORS_ORIGINS`; empty when unset.
+    pub cors_origins: Vec<String>,
 }
 
 impl fmt::Debug for Config {
@@ -335,6 +343,7 @@ impl fmt::Debug for Config {
             )
             .field("hub", &self.hub)
             .field("events", &self.events)
+            .field("cors_origins", &self.cors_origins)
             .finish()
     }
 }
@@ -366,6 +375,10 @@ impl Config {
             jwt_secret: jwt_secret(&lookup)?,
             hub: HubSettings::from_lookup(&lookup)?,
             events: EventSettings::from_lookup(&lookup)?,
+            cors_origins: var(&lookup, "CORS_ORIGINS")?
+                .map(|list| origins(&list, ConfigError::CorsOrigins))
+                .transpose()?
+                .unwrap_or_default(),
         })
     }
 }
@@ -403,10 +416,11 @@ fn positive(
         .transpose()
 }
 
-/// Splits `WS_ALLOWED_ORIGINS`. Browsers send `scheme://host[:port]` and
-/// the hub compares exactly, so an entry with a path (even a trailing `/`)
-/// or `*` would silently refuse every browser: reject it instead.
-fn origins(list: &str) -> Result<Vec<String>, ConfigError> {
+/// Splits `WS_ALLOWED_ORIGINS` or `CORS_ORIGINS`, reporting a bad `list`
+/// with `error`. Browsers send `scheme://host[:port]` and both are compared
+/// exactly, so an entry with a path (even a trailing `/`) or `*` would
+/// silently refuse every browser: reject it instead.
+fn origins(list: &str, error: fn(String) -> ConfigError) -> Result<Vec<String>, ConfigError> {
     list.split(',')
         .map(|origin| match origin.trim().split_once("://") {
             Some((scheme, host))
@@ -414,7 +428,7 @@ fn origins(list: &str) -> Result<Vec<String>, ConfigError> {
             {
                 Ok(origin.trim().to_owned())
             }
-            _ => Err(ConfigError::AllowedOrigins(list.to_owned())),
+            _ => Err(error(list.to_owned())),
         })
         .collect()
 }
@@ -445,6 +459,37 @@ mod tests {
         assert_eq!(config.jwt_secret, None);
         assert_eq!(config.hub, HubSettings::default());
         assert_eq!(config.events, EventSettings::default());
+        assert!(config.cors_origins.is_empty());
+    }
+
+    #[test]
+    fn cors_origins_are_exact_origins() {
+        let config = config(&[(
+            "CORS_ORIGINS",
+            "https://admin.example, http://localhost:3000",
+        )])
+        .unwrap();
+        assert_eq!(
+            config.cors_origins,
+            ["https://admin.example", "http://localhost:3000"]
+        );
+        for bad in [
+            "*",
+            "admin.example",
+            "https://admin.example/",
+            "https://a.example,,",
+        ] {
+            assert_eq!(
+                self::config(&[("CORS_ORIGINS", bad)]),
+                Err(ConfigError::CorsOrigins(bad.into()))
+            );
+        }
+        assert_eq!(
+            self::config(&[("CORS_ORIGINS", "*")])
+                .unwrap_err()
+                .to_string(),
+            r#"CORS_ORIGINS must be comma-separated origins such as https://admin.example, got "*""#
+        );
     }
 
     #[test]

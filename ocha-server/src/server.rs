@@ -98,7 +98,9 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     debug!(hub = ?hub_config, "WebSocket hub settings");
 
     let hub = Hub::new(hub_config);
-    let app = App::start(store, keys, hub, &config.events).await?;
+    let app = App::start(store, keys, hub, &config.events)
+        .await?
+        .with_cors_origins(&config.cors_origins);
     run(listener, app, shutdown).await;
     Ok(())
 }

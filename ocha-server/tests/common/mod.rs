@@ -318,8 +318,8 @@ pub async fn close_code(ws: &mut Ws) -> u16 {
 }
 
 /// The compiled `ocha-server` binary, with a clean environment: no
-/// inherited `PORT`, `HOST`, `DATABASE_URL`, `JWT_SECRET`, `WS_*` or
-/// `RUST_LOG`.
+/// inherited `PORT`, `HOST`, `DATABASE_URL`, `JWT_SECRET`, `WS_*`,
+/// `CORS_ORIGINS` or `RUST_LOG`.
 pub fn binary() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_ocha-server"));
     for name in [
@@ -333,6 +333,7 @@ pub fn binary() -> Command {
         "WS_MAX_CONNECTIONS",
         "WS_MAX_MESSAGE_BYTES",
         "WS_ALLOWED_ORIGINS",
+        "CORS_ORIGINS",
         "RUST_LOG",
     ] {
         command.env_remove(name);
