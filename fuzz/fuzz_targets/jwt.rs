@@ -1,7 +1,8 @@
 //! Admin authorization from an `Authorization` header: never panics, and
-//! admits a request only when its token carries an HMAC-SHA256 of its header
-//! and payload under the server's key, says `HS256`, has the admin role and
-//! has not expired. A well-formed admin token signed with the key is admitted.
+//! admits a request only when its token is at most 8 KiB, carries an
+//! HMAC-SHA256 of its header and payload under the server's key, says
+//! `HS256` with no `crit`, has the admin role, is past its `nbf` and has not
+//! expired. A well-formed admin token signed with the key is admitted.
 //!
 //! Tokens are built here from fuzzed parts and signed (or not) with an
 //! independent HMAC implementation, then possibly tampered with.
@@ -17,7 +18,7 @@ use hmac::{Hmac, Mac};
 use http::header::{HeaderMap, HeaderValue, AUTHORIZATION};
 use libfuzzer_sys::fuzz_target;
 use ocha_fuzz::{object, Json, Slot, Text};
-use ocha_server::auth::{Keys, ADMIN_ROLE};
+use ocha_server::auth::{Keys, ADMIN_ROLE, MAX_TOKEN_BYTES};
 use serde::Deserialize;
 use sha2::Sha256;
 
@@ -172,12 +173,13 @@ impl Token {
     }
 }
 
-/// The JWT header's field the server must have checked. Other fields are
+/// The JWT header's fields the server must have checked. Other fields are
 /// skipped unparsed, as the server skips them: a value nested deeper than
 /// serde_json's recursion limit does not stop a token.
 #[derive(Deserialize)]
 struct Header {
     alg: String,
+    crit: Option<serde::de::IgnoredAny>,
 }
 
 /// The claims the server must have checked; others are skipped unparsed.
@@ -185,11 +187,19 @@ struct Header {
 struct CheckedClaims {
     role: String,
     exp: u64,
+    nbf: Option<u64>,
 }
 
-/// Panics unless `token` is signed with [`SECRET`], says HS256, has the admin
-/// role and does not expire before `now`.
-fn check_admitted(token: &str, now: u64) {
+/// Panics unless `token` is at most `MAX_TOKEN_BYTES`, signed with [`SECRET`], says HS256
+/// without `crit`, has the admin role, is valid from `nbf` at or before
+/// `after` (when the server checked it, or later) and expires after
+/// `before` (when the server checked it, or earlier).
+fn check_admitted(token: &str, before: u64, after: u64) {
+    assert!(
+        token.len() <= MAX_TOKEN_BYTES,
+        "admitted a token of {} bytes",
+        token.len()
+    );
     let parts: Vec<&str> = token.split('.').collect();
     let [header, payload, signature] = parts[..] else {
         panic!("admitted a token with {} segments", parts.len());
@@ -210,14 +220,18 @@ fn check_admitted(token: &str, now: u64) {
     let header: Header =
         serde_json::from_slice(&decode(header)).expect("admitted a header without an algorithm");
     assert_eq!(header.alg, "HS256", "admitted another algorithm");
+    assert!(header.crit.is_none(), "admitted a critical extension");
     let claims: CheckedClaims =
         serde_json::from_slice(&decode(payload)).expect("admitted claims without role or exp");
     assert_eq!(claims.role, ADMIN_ROLE, "admitted another role");
     assert!(
-        claims.exp >= now,
+        claims.exp > before,
         "admitted a token expired at {}",
         claims.exp
     );
+    if let Some(nbf) = claims.nbf {
+        assert!(nbf <= after, "admitted a token not valid before {nbf}");
+    }
 }
 
 fuzz_target!(|input: Input<'_>| {
@@ -225,7 +239,13 @@ fuzz_target!(|input: Input<'_>| {
     let now = unix_now();
     let (value, must_be_admitted) = match &input {
         Input::Raw(bytes) => (bytes.to_vec(), false),
-        Input::Token(token) => (token.header_value(now), token.must_be_admitted()),
+        Input::Token(token) => {
+            let value = token.header_value(now);
+            // Escaped strings can take a token past the server's size limit.
+            let fits = value.len() <= "Bearer ".len() + MAX_TOKEN_BYTES;
+            let must_be_admitted = token.must_be_admitted() && fits;
+            (value, must_be_admitted)
+        }
     };
     let Ok(value) = HeaderValue::from_bytes(&value) else {
         return;
@@ -241,7 +261,7 @@ fuzz_target!(|input: Input<'_>| {
                 .trim()
                 .split_once(' ')
                 .expect("admitted a header without a scheme");
-            check_admitted(token.trim(), now);
+            check_admitted(token.trim(), now, unix_now());
         }
         Err(error) => assert!(!must_be_admitted, "refused a valid admin token: {error}"),
     }

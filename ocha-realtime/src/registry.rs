@@ -67,6 +67,11 @@ pub struct Stats {
     pub users: usize,
     /// Events kept for clients that resume.
     pub history: usize,
+    /// Of the connections open now, those that are Server-Sent Events
+    /// streams ([`Hub::event_stream`](crate::Hub::event_stream)).
+    pub event_streams: usize,
+    /// Of the connections accepted, those that were event streams.
+    pub event_streams_accepted: u64,
 }
 
 /// An open connection and the groups it is in.
@@ -145,6 +150,8 @@ pub(crate) struct Registry {
     /// The registry clock's zero, for `Outbox::last_seen`.
     epoch: Instant,
     accepted: AtomicU64,
+    event_streams: AtomicUsize,
+    event_streams_accepted: AtomicU64,
     events_published: AtomicU64,
     deliveries: AtomicU64,
     slow_consumer_closes: AtomicU64,
@@ -192,6 +199,8 @@ impl Registry {
             untuned_warned: AtomicBool::new(false),
             epoch: Instant::now(),
             accepted: AtomicU64::new(0),
+            event_streams: AtomicUsize::new(0),
+            event_streams_accepted: AtomicU64::new(0),
             events_published: AtomicU64::new(0),
             deliveries: AtomicU64::new(0),
             slow_consumer_closes: AtomicU64::new(0),
@@ -295,6 +304,10 @@ impl Registry {
         drop(shard);
         drop(history);
         self.accepted.fetch_add(1, Ordering::Relaxed);
+        if transport == Transport::EventStream {
+            self.event_streams.fetch_add(1, Ordering::Relaxed);
+            self.event_streams_accepted.fetch_add(1, Ordering::Relaxed);
+        }
         self.announce(|| {
             let user = user.as_deref().map(str::to_owned);
             let connected = Presence::Connected {
@@ -343,6 +356,9 @@ impl Registry {
         let Some(member) = self.shard(id).remove(&id) else {
             return;
         };
+        if member.outbox.transport() == Transport::EventStream {
+            self.event_streams.fetch_sub(1, Ordering::Relaxed);
+        }
         for channel in member.channels() {
             self.channels.leave(channel, id, member.user());
         }
@@ -691,6 +707,8 @@ impl Registry {
             channels: self.channels.count(),
             users: self.users.count(),
             history: lock(&self.history).len(),
+            event_streams: self.event_streams.load(Ordering::Relaxed),
+            event_streams_accepted: self.event_streams_accepted.load(Ordering::Relaxed),
         }
     }
 

@@ -103,13 +103,27 @@ pub struct RelayBuilder<L> {
     hub: Hub,
     log: L,
     poll_interval: Duration,
+    on_deliver: Option<OnDeliver>,
     #[cfg(feature = "redis")]
     redis: Option<redis_fanout::Settings>,
+}
+
+/// What [`RelayBuilder::on_deliver`] calls with each event.
+type Observer = dyn Fn(EventId, &str) + Send + Sync;
+
+/// The application's view of each event handed to the hub.
+struct OnDeliver(Box<Observer>);
+
+impl std::fmt::Debug for OnDeliver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OnDeliver(..)")
+    }
 }
 
 struct Shared<L> {
     hub: Hub,
     log: L,
+    on_deliver: Option<OnDeliver>,
     /// Events that arrived before an earlier one, by id. Locked while
     /// handing events to the hub, so that they go in order.
     pending: Mutex<BTreeMap<EventId, String>>,
@@ -134,6 +148,7 @@ impl<L: EventLog> Relay<L> {
             hub,
             log,
             poll_interval: Duration::from_secs(1),
+            on_deliver: None,
             #[cfg(feature = "redis")]
             redis: None,
         }
@@ -165,6 +180,18 @@ impl<L: EventLog> RelayBuilder<L> {
     /// Default: 1 second.
     pub fn poll_interval(mut self, interval: Duration) -> Self {
         self.poll_interval = interval.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Calls `observer` with every event the relay hands to its hub: once
+    /// each, in id order, whichever way it arrived (this node's commit,
+    /// another node's over Redis, or the log). For counting events by kind,
+    /// say, which the hub's [`Stats`](crate::Stats) cannot tell apart.
+    ///
+    /// It runs while the relay holds the lock that keeps events in order:
+    /// keep it short, and never block or publish from it.
+    pub fn on_deliver(mut self, observer: impl Fn(EventId, &str) + Send + Sync + 'static) -> Self {
+        self.on_deliver = Some(OnDeliver(Box::new(observer)));
         self
     }
 
@@ -202,6 +229,7 @@ impl<L: EventLog> RelayBuilder<L> {
         let shared = Arc::new(Shared {
             hub: self.hub,
             log: self.log,
+            on_deliver: self.on_deliver,
             pending: Mutex::default(),
             read_log: Arc::new(Notify::new()),
             delivered: AtomicU64::new(0),
@@ -265,6 +293,9 @@ impl<L: EventLog> Shared<L> {
 
     fn deliver(&self, id: EventId, event: &str, source: Source) {
         if self.hub.publish_event(id, &Frame::text(event)).is_some() {
+            if let Some(OnDeliver(observer)) = &self.on_deliver {
+                observer(id, event);
+            }
             self.delivered.fetch_add(1, Ordering::Relaxed);
             if source == Source::Log {
                 self.from_log.fetch_add(1, Ordering::Relaxed);

@@ -117,3 +117,26 @@ async fn a_relay_carries_on_from_the_restored_history() {
     assert_eq!(next_text(&mut client).await, event(4));
     assert_quiet(&mut client).await;
 }
+
+#[tokio::test]
+async fn the_observer_sees_every_delivered_event_once_in_id_order() {
+    let (hub, addr) = serve(Config::default()).await;
+    let mut client = connect(addr, "/", ocha_realtime::OCHA_WELCOME).await;
+    let log = Log::default();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let observed = seen.clone();
+    let relay = Relay::builder(hub.clone(), log.clone())
+        .poll_interval(Duration::from_secs(3600))
+        .on_deliver(move |id, event| observed.lock().unwrap().push((id.get(), event.to_owned())))
+        .start();
+    // Event 1 comes from the log (a gap), 2 from its commit, announced twice.
+    log.commit();
+    let second = log.commit();
+    relay.publish(second.0, &second.1);
+    relay.publish(second.0, &second.1);
+    for id in 1..=2 {
+        assert_eq!(next_text(&mut client).await, event(id));
+    }
+    assert_quiet(&mut client).await;
+    assert_eq!(*seen.lock().unwrap(), [(1, event(1)), (2, event(2))]);
+}

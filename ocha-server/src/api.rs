@@ -15,11 +15,23 @@
 //! |                        |                    | + broadcast                             |
 //! | `/api/v1/openapi.json` | GET                | the HTTP API as OpenAPI 3.1             |
 //! | `/api/v1/asyncapi.json`| GET                | the events as AsyncAPI 3.0              |
+//! | `/metrics`             | GET                | Prometheus metrics ([`metrics`])        |
 //!
 //! A trailing slash is ignored on API paths, as Express does. Other paths
-//! answer 404 and other methods 405, both as JSON.
+//! answer 404 and other methods 405, both as JSON. Browser pages on the
+//! origins set with [`App::with_cors_origins`] may call every route
+//! ([`cors`]).
+//!
+//! `/metrics` is open, as most exporters are: it tells counts and timings,
+//! no product, client or secret, and costs a few microseconds. Where the
+//! port is public and the traffic figures are not, restrict the path at
+//! the proxy in front.
+//!
+//! [`metrics`]: crate::metrics
+//! [`cors`]: crate::cors
 
 use std::io;
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{SEC_WEBSOCKET_KEY, UPGRADE};
@@ -35,9 +47,11 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::auth::Keys;
 use crate::config::EventSettings;
+use crate::cors::{self, Cors};
 use crate::error::{ApiError, MAX_BODY_BYTES};
 use crate::event_log;
 use crate::listing::ListQuery;
+use crate::metrics::{Metrics, PublishedEvents, Transport};
 use crate::object_id;
 use crate::page::Asset;
 use crate::product::{NewProduct, ProductChanges};
@@ -54,8 +68,11 @@ const BROADCAST_QUEUE: usize = 1024;
 /// How long the readiness check waits for the database.
 const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// The `route` label of requests to no route: one for every unknown path.
+const UNMATCHED_ROUTE: &str = "unmatched";
+
 /// Everything a request handler needs: storage, token keys, the hub and
-/// the relay that feeds it.
+/// the relay that feeds it, the metrics and the origins allowed to call.
 #[derive(Clone)]
 pub struct App {
     store: Store,
@@ -63,6 +80,8 @@ pub struct App {
     hub: Hub,
     relay: Relay<Store>,
     broadcasts: mpsc::Sender<Broadcast>,
+    metrics: Metrics,
+    cors: Cors,
 }
 
 /// Work for the broadcaster, done in the order it was queued.
@@ -80,6 +99,7 @@ enum Route<'a> {
     Health,
     Ready,
     Events,
+    Metrics,
     Products,
     Product(&'a str),
     Document(Document),
@@ -101,6 +121,25 @@ impl Document {
             Document::OpenApi => include_str!("../api/openapi.json"),
             Document::AsyncApi => include_str!("../api/asyncapi.json"),
         })
+    }
+}
+
+impl Route<'_> {
+    /// The route's template: the `route` label of its requests, in which
+    /// ids make no series of their own.
+    fn template(&self) -> &'static str {
+        match self {
+            Route::Root => "/",
+            Route::Asset(asset) => asset.path(),
+            Route::Health => "/api/v1/health",
+            Route::Ready => "/api/v1/ready",
+            Route::Events => "/api/v1/events",
+            Route::Metrics => "/metrics",
+            Route::Products => "/api/v1/products",
+            Route::Product(_) => "/api/v1/products/:id",
+            Route::Document(Document::OpenApi) => "/api/v1/openapi.json",
+            Route::Document(Document::AsyncApi) => "/api/v1/asyncapi.json",
+        }
     }
 }
 
@@ -139,16 +178,29 @@ impl App {
         hub: Hub,
         events: &EventSettings,
     ) -> Result<App, StartError> {
-        let relay = event_log::start(&store, &hub, events).await?;
+        let published = PublishedEvents::new();
+        let counter = published.clone();
+        let relay =
+            event_log::start(&store, &hub, events, move |_, event| counter.count(event)).await?;
         let (broadcasts, queue) = mpsc::channel(BROADCAST_QUEUE);
         tokio::spawn(broadcast(relay.clone(), queue));
+        let metrics = Metrics::new(&store, &hub, &relay, &published);
         Ok(App {
             store,
             keys,
             hub,
             relay,
             broadcasts,
+            metrics,
+            cors: Cors::default(),
         })
+    }
+
+    /// Lets browser pages on `origins` (`scheme://host[:port]`, compared
+    /// exactly with their `Origin`) call the API; see [`cors`].
+    pub fn with_cors_origins(mut self, origins: &[String]) -> App {
+        self.cors = Cors::new(origins);
+        self
     }
 
     /// The hub WebSocket clients join, for shutting it down.
@@ -156,8 +208,36 @@ impl App {
         &self.hub
     }
 
-    /// Answers one request. Never fails: errors become JSON responses.
+    /// Answers one request, counted in the metrics. Never fails: errors
+    /// become JSON responses.
     pub async fn handle<B>(&self, request: Request<B>) -> Response<Body>
+    where
+        B: HttpBody,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let started = Instant::now();
+        let method = request.method().clone();
+        let route = route(request.uri().path()).map(|route| route.template());
+        let origin = self.cors.allowed_origin(request.headers());
+        // An allowed origin's preflight is answered on any route, for every
+        // method a page may use; other OPTIONS requests are routed as usual.
+        let mut response = if origin.is_some() && route.is_some() && cors::is_preflight(&request) {
+            cors::preflight()
+        } else {
+            self.respond(request).await
+        };
+        self.cors.finish(origin, &mut response);
+        self.metrics.request(
+            route.unwrap_or(UNMATCHED_ROUTE),
+            &method,
+            response.status(),
+            started.elapsed(),
+        );
+        response
+    }
+
+    /// Routes a request to its handler.
+    async fn respond<B>(&self, request: Request<B>) -> Response<Body>
     where
         B: HttpBody,
         B::Error: std::error::Error + Send + Sync + 'static,
@@ -172,19 +252,20 @@ impl App {
                 let admission = client_admission(&request);
                 return match self.hub.upgrade_with(request, admission) {
                     Ok(switching) => response::whole(switching),
-                    Err(refused) => refusal(refused),
+                    Err(refused) => self.refusal(refused, Transport::WebSocket),
                 };
             }
             (Route::Events, Method::GET) => {
                 return match self.hub.event_stream(&request, client_admission(&request)) {
                     Ok(stream) => stream.map(Either::Right),
-                    Err(refused) => refusal(refused),
+                    Err(refused) => self.refusal(refused, Transport::EventStream),
                 };
             }
             (Route::Root, Method::GET) => Ok(Asset::Page.response()),
             (Route::Asset(asset), Method::GET) => Ok(asset.response()),
             (Route::Health, Method::GET) => Ok(response::text(StatusCode::OK, "Ignition!")),
             (Route::Ready, Method::GET) => Ok(self.readiness().await),
+            (Route::Metrics, Method::GET) => Ok(self.metrics.response()),
             (Route::Products, Method::GET) => self.list_products(request.uri().query()).await,
             (Route::Products, Method::POST) => self.create_product(request).await,
             (Route::Product(id), Method::GET) => self.get_product(id).await,
@@ -201,6 +282,7 @@ impl App {
                 | Route::Health
                 | Route::Ready
                 | Route::Events
+                | Route::Metrics
                 | Route::Document(_),
                 _,
             ) => Err(ApiError::MethodNotAllowed("GET")),
@@ -300,6 +382,16 @@ impl App {
     /// Whether this node can serve: 200 when the database answers (Redis
     /// being down only slows other nodes' events), 503 otherwise; the body
     /// says how each dependency is.
+    /// The response refusing a connection to the hub, counted: the hub's
+    /// own, but JSON like the API's for a client over its address's limit.
+    fn refusal(&self, error: HandshakeError, transport: Transport) -> Response<Body> {
+        self.metrics.refused(&error, transport);
+        match error {
+            HandshakeError::TooManyPeerConnections => ApiError::TooManyConnections.into_response(),
+            error => response::whole(error.into_response()),
+        }
+    }
+
     async fn readiness(&self) -> Response<Body> {
         #[derive(Serialize)]
         #[serde(rename_all = "camelCase")]
@@ -400,6 +492,9 @@ fn route(path: &str) -> Option<Route<'_>> {
         return Some(Route::Asset(asset));
     }
     let path = path.strip_suffix('/').unwrap_or(path);
+    if path == "/metrics" {
+        return Some(Route::Metrics);
+    }
     match path.strip_prefix("/api/v1/")? {
         "health" => Some(Route::Health),
         "ready" => Some(Route::Ready),
@@ -449,15 +544,6 @@ fn client_admission<B>(request: &Request<B>) -> Admission {
     }
 }
 
-/// The response refusing a connection to the hub: the hub's own, but JSON
-/// like the API's for a client over its address's limit.
-fn refusal(error: HandshakeError) -> Response<Body> {
-    match error {
-        HandshakeError::TooManyPeerConnections => ApiError::TooManyConnections.into_response(),
-        error => response::whole(error.into_response()),
-    }
-}
-
 /// The `since` query parameter of a WebSocket upgrade, decoded; `None`
 /// when absent (a plain connection, whose welcome stays as the Ocha API's).
 fn since(query: Option<&str>) -> Option<String> {
@@ -503,6 +589,7 @@ mod tests {
             Route::Health => "health".to_owned(),
             Route::Ready => "ready".to_owned(),
             Route::Events => "events".to_owned(),
+            Route::Metrics => "metrics".to_owned(),
             Route::Products => "products".to_owned(),
             Route::Product(id) => format!("product {id}"),
             Route::Document(document) => format!("{document:?}"),
@@ -519,6 +606,8 @@ mod tests {
         assert_eq!(routed("/api/v1/events").as_deref(), Some("events"));
         assert_eq!(routed("/api/v1/openapi.json").as_deref(), Some("OpenApi"));
         assert_eq!(routed("/api/v1/asyncapi.json").as_deref(), Some("AsyncApi"));
+        assert_eq!(routed("/metrics").as_deref(), Some("metrics"));
+        assert_eq!(routed("/metrics/").as_deref(), Some("metrics"));
         assert_eq!(routed("/api/v1/products").as_deref(), Some("products"));
         assert_eq!(routed("/api/v1/products/").as_deref(), Some("products"));
         assert_eq!(
@@ -541,6 +630,8 @@ mod tests {
             "/api/v1/healthz",
             "/app.js/",
             "/index.html",
+            "/api/v1/metrics",
+            "/metrics/x",
         ] {
             assert_eq!(routed(unknown), None, "{unknown}");
         }

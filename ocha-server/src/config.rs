@@ -5,7 +5,7 @@
 //! | `PORT`                 | `5001`           | TCP port for HTTP and WebSocket                              |
 //! | `HOST`                 | `0.0.0.0`        | IP address to listen on                                      |
 //! | `DATABASE_URL`         | `sqlite:ocha.db` | `sqlite:<path>`, `sqlite::memory:` or `postgres://…` (below) |
-//! | `JWT_SECRET`           | random per run   | HS256 secret shared with the token issuer                    |
+//! | `JWT_SECRET`           | random per run   | HS256 secret shared with the token issuer (warned if < 32 B) |
 //! | `WS_HEARTBEAT_SECS`    | `30`             | ping period, 1 to 3600 seconds                               |
 //! | `WS_OUTBOUND_CAPACITY` | `256`            | messages queued per client before 4008                       |
 //! | `WS_SEND_BUFFER_BYTES` | `32768`          | kernel send buffer per socket, or `os`                       |
@@ -22,6 +22,7 @@
 //! | `BODY_TIMEOUT_SECS`    | `30`             | to send a request's body once its headers are in             |
 //! | `MAX_HEADER_BYTES`     | `16384`          | request line and headers; larger gets 431                    |
 //! | `MAX_CONNECTIONS_PER_IP` | unlimited        | WebSockets per client address; more get 429                  |
+//! | `CORS_ORIGINS`         | none             | comma-separated exact origins whose pages may call the API   |
 //!
 //! The `WS_*` variables and `MAX_CONNECTIONS_PER_IP` tune the
 //! [`ocha_realtime::Hub`]; see [`ocha_realtime::Config`] for what each
@@ -199,6 +200,11 @@ pub enum ConfigError {
     /// `MAX_HEADER_BYTES` is not a size hyper can work with.
     #[error("MAX_HEADER_BYTES must be a number of bytes from {MIN_HEADER_BYTES}, got {0:?}")]
     HeaderBytes(String),
+    /// `CORS_ORIGINS` holds something that is not an origin.
+    #[error(
+        "CORS_ORIGINS must be comma-separated origins such as https://admin.example, got {0:?}"
+    )]
+    CorsOrigins(String),
 }
 
 /// Event history and sharing, from `EVENT_HISTORY`, `EVENT_HISTORY_SECS`,
@@ -392,7 +398,7 @@ impl HubSettings {
             max_connections: positive(lookup, "WS_MAX_CONNECTIONS")?,
             max_message_bytes: positive(lookup, "WS_MAX_MESSAGE_BYTES")?,
             allowed_origins: var(lookup, "WS_ALLOWED_ORIGINS")?
-                .map(|list| origins(&list))
+                .map(|list| origins(&list, ConfigError::AllowedOrigins))
                 .transpose()?,
             max_connections_per_peer: positive(lookup, "MAX_CONNECTIONS_PER_IP")?,
         })
@@ -414,6 +420,8 @@ pub struct Config {
     pub events: EventSettings,
     /// From the HTTP limits' variables.
     pub http: HttpSettings,
+    /// From `CORS_ORIGINS`; empty when unset.
+    pub cors_origins: Vec<String>,
 }
 
 impl fmt::Debug for Config {
@@ -429,6 +437,7 @@ impl fmt::Debug for Config {
             .field("hub", &self.hub)
             .field("events", &self.events)
             .field("http", &self.http)
+            .field("cors_origins", &self.cors_origins)
             .finish()
     }
 }
@@ -461,6 +470,10 @@ impl Config {
             hub: HubSettings::from_lookup(&lookup)?,
             events: EventSettings::from_lookup(&lookup)?,
             http: HttpSettings::from_lookup(&lookup)?,
+            cors_origins: var(&lookup, "CORS_ORIGINS")?
+                .map(|list| origins(&list, ConfigError::CorsOrigins))
+                .transpose()?
+                .unwrap_or_default(),
         })
     }
 }
@@ -498,10 +511,11 @@ fn positive(
         .transpose()
 }
 
-/// Splits `WS_ALLOWED_ORIGINS`. Browsers send `scheme://host[:port]` and
-/// the hub compares exactly, so an entry with a path (even a trailing `/`)
-/// or `*` would silently refuse every browser: reject it instead.
-fn origins(list: &str) -> Result<Vec<String>, ConfigError> {
+/// Splits `WS_ALLOWED_ORIGINS` or `CORS_ORIGINS`, reporting a bad `list`
+/// with `error`. Browsers send `scheme://host[:port]` and both are compared
+/// exactly, so an entry with a path (even a trailing `/`) or `*` would
+/// silently refuse every browser: reject it instead.
+fn origins(list: &str, error: fn(String) -> ConfigError) -> Result<Vec<String>, ConfigError> {
     list.split(',')
         .map(|origin| match origin.trim().split_once("://") {
             Some((scheme, host))
@@ -509,7 +523,7 @@ fn origins(list: &str) -> Result<Vec<String>, ConfigError> {
             {
                 Ok(origin.trim().to_owned())
             }
-            _ => Err(ConfigError::AllowedOrigins(list.to_owned())),
+            _ => Err(error(list.to_owned())),
         })
         .collect()
 }
@@ -540,6 +554,7 @@ mod tests {
         assert_eq!(config.jwt_secret, None);
         assert_eq!(config.hub, HubSettings::default());
         assert_eq!(config.events, EventSettings::default());
+        assert!(config.cors_origins.is_empty());
         assert_eq!(config.http, HttpSettings::default());
     }
 
@@ -594,6 +609,36 @@ mod tests {
                 "{name}={bad}"
             );
         }
+    }
+
+    #[test]
+    fn cors_origins_are_exact_origins() {
+        let config = config(&[(
+            "CORS_ORIGINS",
+            "https://admin.example, http://localhost:3000",
+        )])
+        .unwrap();
+        assert_eq!(
+            config.cors_origins,
+            ["https://admin.example", "http://localhost:3000"]
+        );
+        for bad in [
+            "*",
+            "admin.example",
+            "https://admin.example/",
+            "https://a.example,,",
+        ] {
+            assert_eq!(
+                self::config(&[("CORS_ORIGINS", bad)]),
+                Err(ConfigError::CorsOrigins(bad.into()))
+            );
+        }
+        assert_eq!(
+            self::config(&[("CORS_ORIGINS", "*")])
+                .unwrap_err()
+                .to_string(),
+            r#"CORS_ORIGINS must be comma-separated origins such as https://admin.example, got "*""#
+        );
     }
 
     #[test]

@@ -40,6 +40,17 @@ pub enum Event {
     },
 }
 
+impl Event {
+    /// The event's `type` field, such as `new_product`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::NewProduct { .. } => "new_product",
+            Event::ProductUpdated { .. } => "product_updated",
+            Event::ProductDeleted { .. } => "product_deleted",
+        }
+    }
+}
+
 /// An event with its position in the event log, as clients receive it: the
 /// event's fields, then the id as a string, last.
 ///
@@ -191,6 +202,13 @@ mod tests {
             );
             assert_eq!(serde_json::from_str::<Event>(&json).unwrap(), event);
         }
+    }
+
+    #[test]
+    fn names_are_the_type_field() {
+        let event = Event::NewProduct { product: product() };
+        let json = serde_json::to_value(&event).unwrap();
+        assert_eq!(json["type"], event.name());
     }
 
     #[test]

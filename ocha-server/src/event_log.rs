@@ -39,7 +39,9 @@ impl EventLog for Store {
 
 /// Restores `hub`'s history from the log and starts the relay that feeds
 /// it, sharing events over Redis if `settings` name a server, and the task
-/// that prunes the log.
+/// that prunes the log. `on_deliver` sees each event the relay hands to the
+/// hub, as [`RelayBuilder::on_deliver`](ocha_realtime::RelayBuilder::on_deliver)
+/// says.
 ///
 /// # Errors
 ///
@@ -48,6 +50,7 @@ pub async fn start(
     store: &Store,
     hub: &Hub,
     settings: &EventSettings,
+    on_deliver: impl Fn(EventId, &str) + Send + Sync + 'static,
 ) -> Result<Relay<Store>, StartError> {
     let newer_than = SystemTime::now()
         .checked_sub(settings.history_age)
@@ -56,8 +59,9 @@ pub async fn start(
     let kept = events.len();
     hub.restore_history(EventId::new(last), events.into_iter().map(history_entry));
     tracing::info!(last_event_id = last, kept, "event history restored");
-    let mut relay =
-        Relay::builder(hub.clone(), store.clone()).poll_interval(settings.poll_interval);
+    let mut relay = Relay::builder(hub.clone(), store.clone())
+        .poll_interval(settings.poll_interval)
+        .on_deliver(on_deliver);
     if let Some(url) = &settings.redis_url {
         relay = relay.redis(url, REDIS_CHANNEL).map_err(StartError::Redis)?;
     }

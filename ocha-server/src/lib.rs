@@ -12,6 +12,8 @@
 //! - [`server`]: accept loop, hyper connections and their limits, graceful
 //!   shutdown, signals.
 //! - [`api`]: routing and the HTTP handlers.
+//! - [`metrics`]: Prometheus metrics, served at `/metrics`.
+//! - [`cors`]: cross-origin requests from the origins in `CORS_ORIGINS`.
 //! - [`error`]: API errors and their JSON bodies.
 //! - [`response`]: JSON and text response builders.
 //! - [`event`]: the events clients receive and the product documents they
@@ -51,10 +53,12 @@ pub mod api;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod cors;
 pub mod error;
 pub mod event;
 pub mod event_log;
 pub mod listing;
+pub mod metrics;
 pub mod object_id;
 pub mod page;
 pub mod product;

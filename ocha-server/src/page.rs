@@ -38,6 +38,15 @@ pub enum Asset {
 }
 
 impl Asset {
+    /// The path the asset is served at.
+    pub fn path(self) -> &'static str {
+        match self {
+            Asset::Page => "/",
+            Asset::Script => "/app.js",
+            Asset::Style => "/app.css",
+        }
+    }
+
     /// The asset served at `path`, other than the page (whose path, `/`,
     /// also takes WebSocket upgrades).
     pub fn at(path: &str) -> Option<Asset> {

@@ -59,7 +59,7 @@ use tokio::time::{Instant, Sleep};
 use tracing::{debug, info, warn};
 
 use crate::api::App;
-use crate::auth::{Keys, ADMIN_ROLE, DEFAULT_TTL};
+use crate::auth::{Keys, ADMIN_ROLE, DEFAULT_TTL, MIN_SECRET_BYTES};
 use crate::config::{Config, Database, HttpSettings, MIN_HEADER_BYTES};
 use crate::response::Body;
 use crate::store::{Store, StoreError};
@@ -133,7 +133,18 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     }
     let store = Store::open(&config.database).await?;
     let keys = match &config.jwt_secret {
-        Some(secret) => Keys::from_secret(secret.as_bytes()),
+        Some(secret) => {
+            // Refusing would lock out existing deployments and their tokens.
+            if secret.len() < MIN_SECRET_BYTES {
+                warn!(
+                    bytes = secret.len(),
+                    "JWT_SECRET is shorter than {MIN_SECRET_BYTES} bytes: tokens signed with it \
+                     can be forged after a brute-force search; use {MIN_SECRET_BYTES} random \
+                     bytes or more (openssl rand -base64 {MIN_SECRET_BYTES})"
+                );
+            }
+            Keys::from_secret(secret.as_bytes())
+        }
         None => {
             let keys = Keys::random();
             warn!(
@@ -159,7 +170,9 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     debug!(hub = ?hub_config, "WebSocket hub settings");
 
     let hub = Hub::new(hub_config);
-    let app = App::start(store, keys, hub, &config.events).await?;
+    let app = App::start(store, keys, hub, &config.events)
+        .await?
+        .with_cors_origins(&config.cors_origins);
     run_with(listener, app, &config.http, shutdown).await;
     Ok(())
 }

@@ -259,6 +259,7 @@ async fn the_documents_describe_what_the_server_answers() {
         ("/", get(addr, "/").await),
         ("/app.js", get(addr, "/app.js").await),
         ("/app.css", get(addr, "/app.css").await),
+        ("/metrics", get(addr, "/metrics").await),
         (products, get(addr, "/api/v1/products?page=1&limit=5").await),
         (products, get(addr, "/api/v1/products?page=0").await),
     ] {

@@ -228,3 +228,36 @@ async fn without_a_secret_it_logs_a_working_admin_token_and_every_request() {
     log.line("shutdown complete").await;
     assert_eq!(exit_status(&mut child).await.code(), Some(0));
 }
+
+#[tokio::test]
+async fn a_short_jwt_secret_is_warned_about_but_used() {
+    let dir = TempDir::new("short-secret");
+    // The tests' shared secret is 17 bytes: short.
+    let mut child = server_command(&dir).stdout(Stdio::piped()).spawn().unwrap();
+    let mut log = Log::of(&mut child);
+    let warning = log.line("JWT_SECRET is shorter than 32 bytes").await;
+    assert!(warning.contains("WARN"), "{warning}");
+    assert!(warning.contains("bytes=17"), "{warning}");
+    assert!(!warning.contains(SECRET), "{warning}");
+    let addr = logged_addr(&log.line("ocha-server listening").await);
+    // Tokens signed with it still work.
+    let created = post_product(addr, Some(&admin_token()), &product_body(1)).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text());
+    stop_binary(&mut child).await;
+
+    let mut child = server_command(&dir)
+        .env("JWT_SECRET", "a".repeat(32))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut log = Log::of(&mut child);
+    loop {
+        // Every line contains "": this reads the next one.
+        let line = log.line("").await;
+        assert!(!line.contains("JWT_SECRET"), "{line}");
+        if line.contains("ocha-server listening") {
+            break;
+        }
+    }
+    stop_binary(&mut child).await;
+}

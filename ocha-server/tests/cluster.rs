@@ -1,13 +1,15 @@
 //! Several nodes sharing Postgres and Redis, through the real binary and
 //! real servers: every client of every node gets each product change once,
-//! with the same id, whichever node took the request; Redis outages, a node
-//! killed right after a commit, and concurrent creates.
+//! with the same id, whichever node took the request; Redis outages (and
+//! how the metrics count them), a node killed right after a commit, and
+//! concurrent creates.
 
 mod common;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use common::metrics::scrape;
 use common::postgres::PostgresServer;
 use common::redis::{self, RedisServer};
 use common::*;
@@ -237,6 +239,21 @@ async fn fan_out_survives_a_redis_outage_and_resumes_when_it_returns() {
     assert_eq!(nodes[1].create(3).await.status, 201);
     assert_eq!(events(&mut here, 1).await, events(&mut there, 1).await);
     assert_quiet(&mut here).await;
+
+    // Each node counts every event once, its own and the other's; the one
+    // that came through the log while Redis was down, and the outage.
+    for node in &nodes {
+        let metrics = scrape(node.addr).await;
+        let new_product = [("type", "new_product")];
+        assert_eq!(
+            metrics.get("ocha_events_published_total", &new_product),
+            3.0
+        );
+        assert_eq!(metrics.get("ocha_redis_connected", &[]), 1.0);
+        assert!(metrics.get("ocha_redis_outages_total", &[]) >= 1.0);
+    }
+    let second = scrape(nodes[1].addr).await;
+    assert!(second.get("ocha_relay_events_from_log_total", &[]) >= 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -193,6 +193,14 @@ async fn creation_requires_an_admin_token() {
         .assert_json(401, &invalid("jwt expired"));
 
     let fresh = json!({"id": "u1", "role": "admin", "iat": unix_now(), "exp": unix_now() + 60});
+    let early = sign(
+        Algorithm::HS256,
+        SECRET,
+        json!({"id": "u1", "role": "admin", "nbf": unix_now() + 60, "exp": unix_now() + 120}),
+    );
+    post_product(addr, Some(&early), &body)
+        .await
+        .assert_json(401, &invalid("jwt not active"));
     let other_secret = sign(Algorithm::HS256, "not-the-secret", fresh.clone());
     post_product(addr, Some(&other_secret), &body)
         .await

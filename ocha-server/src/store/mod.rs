@@ -45,6 +45,7 @@ use time::OffsetDateTime;
 
 use crate::config::Database;
 use crate::event::{Event, Numbered, Product};
+use crate::metrics::StoreLatency;
 use crate::product::ProductChanges;
 
 mod postgres;
@@ -144,10 +145,11 @@ pub struct StoredEvent {
 }
 
 /// A handle to the database. Cloning is cheap and shares the connection
-/// (SQLite) or the pool (Postgres).
+/// (SQLite) or the pool (Postgres), and the operations' timings.
 #[derive(Debug, Clone)]
 pub struct Store {
     backend: Backend,
+    latency: StoreLatency,
 }
 
 #[derive(Debug, Clone)]
@@ -171,7 +173,15 @@ impl Store {
             }
             Database::Postgres(url) => Backend::Postgres(postgres::Postgres::open(url).await?),
         };
-        Ok(Store { backend })
+        Ok(Store {
+            backend,
+            latency: StoreLatency::new(),
+        })
+    }
+
+    /// How long each operation takes, for the metrics.
+    pub(crate) fn latency(&self) -> &StoreLatency {
+        &self.latency
     }
 
     /// Inserts a product and its `new_product` event in one transaction,
@@ -200,6 +210,7 @@ impl Store {
     where
         F: FnOnce(&StoredEvent) + Send + 'static,
     {
+        let _timer = self.latency.start("insert");
         match &self.backend {
             Backend::Sqlite(store) => store.insert(product, on_commit).await,
             Backend::Postgres(store) => store.insert(product, on_commit).await,
@@ -228,6 +239,7 @@ impl Store {
     where
         F: FnOnce(&StoredEvent) + Send + 'static,
     {
+        let _timer = self.latency.start("update");
         match &self.backend {
             Backend::Sqlite(store) => store.update(id, changes, now, on_commit).await,
             Backend::Postgres(store) => store.update(id, changes, now, on_commit).await,
@@ -243,6 +255,7 @@ impl Store {
     where
         F: FnOnce(&StoredEvent) + Send + 'static,
     {
+        let _timer = self.latency.start("delete");
         match &self.backend {
             Backend::Sqlite(store) => store.delete(id, on_commit).await,
             Backend::Postgres(store) => store.delete(id, on_commit).await,
@@ -257,6 +270,7 @@ impl Store {
         offset: u64,
         limit: u64,
     ) -> Result<Page, StoreError> {
+        let _timer = self.latency.start("list");
         match &self.backend {
             Backend::Sqlite(store) => store.list(activity, offset, limit).await,
             Backend::Postgres(store) => store.list(activity, offset, limit).await,
@@ -265,6 +279,7 @@ impl Store {
 
     /// Returns the product with this id (24 lowercase hex digits), if any.
     pub async fn find(&self, id: String) -> Result<Option<Product>, StoreError> {
+        let _timer = self.latency.start("find");
         match &self.backend {
             Backend::Sqlite(store) => store.find(id).await,
             Backend::Postgres(store) => store.find(id).await,
@@ -280,6 +295,7 @@ impl Store {
         after: u64,
         limit: usize,
     ) -> Result<Vec<StoredEvent>, StoreError> {
+        let _timer = self.latency.start("events_after");
         match &self.backend {
             Backend::Sqlite(store) => store.events_after(after, limit).await,
             Backend::Postgres(store) => store.events_after(after, limit).await,
@@ -298,6 +314,7 @@ impl Store {
         count: usize,
         newer_than: SystemTime,
     ) -> Result<(u64, Vec<StoredEvent>), StoreError> {
+        let _timer = self.latency.start("latest_events");
         match &self.backend {
             Backend::Sqlite(store) => store.latest_events(count, newer_than).await,
             Backend::Postgres(store) => store.latest_events(count, newer_than).await,
@@ -316,6 +333,7 @@ impl Store {
         keep: usize,
         older_than: SystemTime,
     ) -> Result<u64, StoreError> {
+        let _timer = self.latency.start("prune_events");
         match &self.backend {
             Backend::Sqlite(store) => store.prune_events(keep, older_than).await,
             Backend::Postgres(store) => store.prune_events(keep, older_than).await,
@@ -324,6 +342,7 @@ impl Store {
 
     /// One round trip to the database, for a readiness check.
     pub async fn ping(&self) -> Result<(), StoreError> {
+        let _timer = self.latency.start("ping");
         match &self.backend {
             Backend::Sqlite(store) => store.ping().await,
             Backend::Postgres(store) => store.ping().await,

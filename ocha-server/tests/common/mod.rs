@@ -33,6 +33,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 pub mod chromium;
 pub mod daemon;
 pub mod docs_client;
+pub mod metrics;
 pub mod postgres;
 pub mod redis;
 
@@ -375,7 +376,7 @@ pub async fn close_code(ws: &mut Ws) -> u16 {
 
 /// The compiled `ocha-server` binary, with a clean environment: no
 /// inherited `PORT`, `HOST`, `DATABASE_URL`, `JWT_SECRET`, `WS_*`, HTTP
-/// limits or `RUST_LOG`.
+/// limits, `CORS_ORIGINS` or `RUST_LOG`.
 pub fn binary() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_ocha-server"));
     for name in [
@@ -394,6 +395,7 @@ pub fn binary() -> Command {
         "HEADER_TIMEOUT_SECS",
         "BODY_TIMEOUT_SECS",
         "MAX_HEADER_BYTES",
+        "CORS_ORIGINS",
         "RUST_LOG",
     ] {
         command.env_remove(name);
