@@ -190,51 +190,39 @@ pub async fn send(
     token: Option<&str>,
     body: impl Into<Bytes>,
 ) -> Reply {
-    let stream = TcpStream::connect(addr).await.expect("connect");
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .expect("HTTP handshake");
-    tokio::spawn(connection);
-
     let mut request = Request::builder()
         .method(method)
         .uri(path)
-        .header("host", addr.to_string())
         .header("content-type", "application/json");
     if let Some(token) = token {
         request = request.header("authorization", format!("Bearer {token}"));
     }
-    let request = request.body(Full::new(body.into())).unwrap();
-    let response = tokio::time::timeout(PATIENCE, sender.send_request(request))
-        .await
-        .expect("response in time")
-        .expect("response");
-    let (parts, body) = response.into_parts();
-    Reply {
-        status: parts.status,
-        headers: parts.headers,
-        body: body.collect().await.expect("read body").to_bytes(),
-    }
+    exchange(addr, request.body(Full::new(body.into())).unwrap()).await
 }
 
 /// A `GET` with extra request headers.
 pub async fn get_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut request = Request::get(path);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    exchange(addr, request.body(Full::new(Bytes::new())).unwrap()).await
+}
+
+/// Sends `request` (with a `host` header added) on a fresh connection and
+/// reads the whole reply.
+async fn exchange(addr: SocketAddr, mut request: Request<Full<Bytes>>) -> Reply {
     let stream = TcpStream::connect(addr).await.expect("connect");
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .expect("HTTP handshake");
     tokio::spawn(connection);
-    let mut request = Request::get(path).header("host", addr.to_string());
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let response = tokio::time::timeout(
-        PATIENCE,
-        sender.send_request(request.body(Full::new(Bytes::new())).unwrap()),
-    )
-    .await
-    .expect("response in time")
-    .expect("response");
+    let host = http::HeaderValue::from_str(&addr.to_string()).unwrap();
+    request.headers_mut().insert("host", host);
+    let response = tokio::time::timeout(PATIENCE, sender.send_request(request))
+        .await
+        .expect("response in time")
+        .expect("response");
     let (parts, body) = response.into_parts();
     Reply {
         status: parts.status,
