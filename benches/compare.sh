@@ -128,14 +128,16 @@ start_server() {
 # --- runs ----------------------------------------------------------------
 failed=0
 echo "results and logs in $out" >&2
-for s in $servers; do
-    case $s in
-        ocha) port=$base_port ;;
-        node) port=$((base_port + 1)) ;;
-        floor) port=$((base_port + 2)) ;;
-        ocha-sse) port=$((base_port + 3)) ;;
-    esac
-    for rep in $(seq "$repeat"); do
+# Repetitions outermost: the servers take turns, so that a change in the
+# load of the two shared cores falls on all of them alike.
+for rep in $(seq "$repeat"); do
+    for s in $servers; do
+        case $s in
+            ocha) port=$base_port ;;
+            node) port=$((base_port + 1)) ;;
+            floor) port=$((base_port + 2)) ;;
+            ocha-sse) port=$((base_port + 3)) ;;
+        esac
         for mode in $modes; do
             flags=(--interval-ms "$interval_ms")
             [ $mode = b2b ] && flags=(--back-to-back)
