@@ -8,6 +8,7 @@
 //!   and the server they describe: ocha-server, over WebSocket or
 //!   Server-Sent Events, or the rooms example with a channel.
 //! - [`run`]: one run, phase by phase, and the runtime it runs on.
+//! - `chunked`: a decoder of HTTP/1.1 chunked bodies, for `--sse` readers.
 //! - `clients`: the clients, reading (WebSocket or Server-Sent Events) and
 //!   slow (WebSocket), their source addresses and retries, and the receive
 //!   table they share.
@@ -29,6 +30,7 @@
 #![deny(missing_docs)]
 
 pub mod args;
+mod chunked;
 mod clients;
 mod clock;
 pub mod procfs;

@@ -1,4 +1,4 @@
-//! Server-Sent Events for `--sse` readers: [`EventStream`] opens
+//! Server-Sent Events for `--sse` readers: [`EventStream`] sends
 //! `GET /api/v1/events` on a connected socket and hands back what the body
 //! says, as [`Item`]s that a [`Parser`] makes of the body. The parser takes
 //! the body in pieces cut anywhere (HTTP chunks and socket reads fall where
@@ -11,81 +11,82 @@
 //! blocks without data too, so that a client can check the welcome comment
 //! and the position block that ocha-server opens a stream with.
 //!
-//! The HTTP side is hyper's client connection, one per reader, polled by
-//! the reader's own task together with the body: no task of its own.
+//! The HTTP side is done by hand on the socket: the request, the response
+//! head through `httparse`, then the chunked body through [`Chunked`].
+//! hyper's client connection did the same for about 1.3 times the
+//! WebSocket readers' CPU per event and several KiB more per reader (an
+//! 8 KiB header buffer, its dispatcher and a body channel; see
+//! BENCHMARKS.md, "Server-Sent Events"): on the one loadgen thread that
+//! serves 10,000 readers, that cost shows in the very latencies measured.
 
-use bytes::Bytes;
-use http::header::{ACCEPT, CONTENT_TYPE, HOST};
-use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Empty};
-use hyper::body::{Frame, Incoming};
-use hyper::client::conn::http1::{self, Connection, SendRequest};
-use hyper_util::rt::TokioIo;
+use crate::chunked::Chunked;
 use std::collections::VecDeque;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Bytes hyper reads from the socket at a time. Small, like the WebSocket
-/// clients' read buffer: thousands of readers each hold one. A burst of
-/// events takes a few reads more.
+/// Bytes read from the socket at a time, the WebSocket clients' read buffer
+/// size: thousands of readers each hold one. A burst of events takes a few
+/// reads more.
 const READ_BUFFER: usize = 2048;
+/// The longest response head accepted; ocha-server's is about 200 bytes.
+const MAX_HEAD: usize = 8192;
+/// Response header lines accepted.
+const MAX_HEADERS: usize = 32;
 
 /// One reader's `text/event-stream` response, read as it arrives.
 pub(crate) struct EventStream {
-    /// Kept: dropping it would make hyper close the connection's write side,
-    /// which the server takes for the client leaving.
-    _requests: SendRequest<Empty<Bytes>>,
-    /// Drives the socket; `None` once it finished, the body's end included.
-    connection: Option<Connection<TokioIo<TcpStream>, Empty<Bytes>>>,
-    body: Incoming,
+    socket: TcpStream,
+    buffer: Box<[u8]>,
+    chunked: Chunked,
     parser: Parser,
-}
-
-/// What polling the connection and the body together gave.
-enum Polled {
-    Body(Option<Result<Frame<Bytes>, hyper::Error>>),
-    ConnectionDone(hyper::Result<()>),
 }
 
 impl EventStream {
     /// Sends `GET path` for `authority` over `socket`; fails unless the
-    /// answer is a 200 `text/event-stream`.
+    /// answer is a 200 `text/event-stream` with a chunked body.
     pub(crate) async fn open(
-        socket: TcpStream,
+        mut socket: TcpStream,
         authority: &str,
         path: &str,
     ) -> Result<EventStream, String> {
-        let (mut requests, mut connection) = http1::Builder::new()
-            .read_buf_exact_size(Some(READ_BUFFER))
-            .handshake(TokioIo::new(socket))
+        let fail = |e: String| format!("GET {path}: {e}");
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nhost: {authority}\r\naccept: text/event-stream\r\n\r\n"
+        );
+        socket
+            .write_all(request.as_bytes())
             .await
-            .map_err(|e| format!("HTTP handshake: {e}"))?;
-        let request = Request::get(path)
-            .header(HOST, authority)
-            .header(ACCEPT, "text/event-stream")
-            .body(Empty::new())
-            .map_err(|e| format!("GET {path}: {e}"))?;
-        // The connection writes the request and reads the answer: poll it
-        // until the response head is in.
-        let response = tokio::select! {
-            response = requests.send_request(request) => {
-                response.map_err(|e| format!("GET {path}: {e}"))?
+            .map_err(|e| fail(e.to_string()))?;
+        let mut head = Vec::with_capacity(READ_BUFFER);
+        let length = loop {
+            match socket.read_buf(&mut head).await {
+                Ok(0) => return Err(fail("closed before the response".into())),
+                Ok(_) => {}
+                Err(e) => return Err(fail(e.to_string())),
             }
-            done = &mut connection => {
-                return Err(format!("GET {path}: connection ended before the response: {done:?}"));
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut response = httparse::Response::new(&mut headers);
+            match response.parse(&head) {
+                Ok(httparse::Status::Complete(length)) => {
+                    check_head(&response).map_err(fail)?;
+                    break length;
+                }
+                Ok(httparse::Status::Partial) if head.len() < MAX_HEAD => {}
+                Ok(httparse::Status::Partial) => {
+                    return Err(fail(format!("response head over {MAX_HEAD} bytes")))
+                }
+                Err(e) => return Err(fail(format!("bad response: {e}"))),
             }
         };
-        let kind = response.headers().get(CONTENT_TYPE);
-        if response.status() != StatusCode::OK
-            || kind.is_none_or(|kind| !kind.as_bytes().starts_with(b"text/event-stream"))
-        {
-            return Err(format!("GET {path}: {} {kind:?}", response.status()));
-        }
-        Ok(EventStream {
-            _requests: requests,
-            connection: Some(connection),
-            body: response.into_body(),
+        let mut stream = EventStream {
+            socket,
+            buffer: vec![0; READ_BUFFER].into_boxed_slice(),
+            chunked: Chunked::default(),
             parser: Parser::default(),
-        })
+        };
+        // The body may have come along with the head.
+        take(&mut stream.chunked, &mut stream.parser, &head[length..])?;
+        Ok(stream)
     }
 
     /// Reads the opening of an ocha-server stream: `welcome` as a comment,
@@ -105,50 +106,57 @@ impl EventStream {
         }
     }
 
-    /// The next item of the stream; `None` once it ended, an error if it
-    /// broke or is not an event stream.
+    /// The next item of the stream; `None` once the body ended, an error if
+    /// the stream broke or is not an event stream.
     pub(crate) async fn next(&mut self) -> Option<Result<Item, String>> {
         loop {
             if let Some(item) = self.parser.next() {
                 return Some(Ok(item));
             }
-            let data = match self.data().await? {
-                Ok(data) => data,
-                Err(e) => return Some(Err(e)),
+            if self.chunked.is_done() {
+                return None;
+            }
+            let read = match self.socket.read(&mut self.buffer).await {
+                Ok(0) => return Some(Err("event stream: closed within the body".into())),
+                Ok(read) => read,
+                Err(e) => return Some(Err(format!("event stream: {e}"))),
             };
-            if let Err(e) = self.parser.feed(&data) {
+            let bytes = &self.buffer[..read];
+            if let Err(e) = take(&mut self.chunked, &mut self.parser, bytes) {
                 return Some(Err(e));
             }
         }
     }
+}
 
-    /// The next piece of the body, polling the connection meanwhile.
-    async fn data(&mut self) -> Option<Result<Bytes, String>> {
-        loop {
-            let polled = match &mut self.connection {
-                Some(connection) => tokio::select! {
-                    frame = self.body.frame() => Polled::Body(frame),
-                    done = connection => Polled::ConnectionDone(done),
-                },
-                None => Polled::Body(self.body.frame().await),
-            };
-            match polled {
-                Polled::Body(None) => return None,
-                Polled::Body(Some(Err(e))) => return Some(Err(format!("event stream: {e}"))),
-                Polled::Body(Some(Ok(frame))) => {
-                    // Trailers carry no events.
-                    if let Ok(data) = frame.into_data() {
-                        return Some(Ok(data));
-                    }
-                }
-                // What it read is in the body already, for the next loop.
-                Polled::ConnectionDone(Ok(())) => self.connection = None,
-                Polled::ConnectionDone(Err(e)) => {
-                    return Some(Err(format!("event stream connection: {e}")))
-                }
-            }
-        }
+/// Checks that a response head announces an event stream in a chunked body.
+fn check_head(response: &httparse::Response<'_, '_>) -> Result<(), String> {
+    let header = |name: &str| {
+        response
+            .headers
+            .iter()
+            .find(|header| header.name.eq_ignore_ascii_case(name))
+            .map(|header| String::from_utf8_lossy(header.value))
+    };
+    let code = response.code.unwrap_or_default();
+    let kind = header("content-type");
+    if code != 200
+        || !kind
+            .as_ref()
+            .is_some_and(|k| k.starts_with("text/event-stream"))
+    {
+        return Err(format!("{code}, content-type {kind:?}"));
     }
+    // Any other coding, such as a compressed body, is not for this parser.
+    match header("transfer-encoding") {
+        Some(coding) if coding.eq_ignore_ascii_case("chunked") => Ok(()),
+        coding => Err(format!("transfer-encoding {coding:?}, not chunked")),
+    }
+}
+
+/// Decodes `bytes` of a chunked body and parses the data.
+fn take(chunked: &mut Chunked, parser: &mut Parser, bytes: &[u8]) -> Result<(), String> {
+    chunked.decode(bytes, |data| parser.feed(data))
 }
 
 /// What a stream says, in order.
@@ -371,28 +379,40 @@ mod tests {
         assert!(parser.feed(b"data: \xff\n").is_err());
     }
 
-    /// Answers one request on a local port with `head`, then `body` in
-    /// HTTP chunks of `chunk` bytes, each written on its own, then the last
-    /// chunk. Returns the port's address.
-    async fn serve_once(head: &'static str, body: &'static str, chunk: usize) -> SocketAddr {
+    /// Answers one request on a local port with `pieces`, each written on
+    /// its own; returns the port's address.
+    async fn serve(pieces: Vec<Vec<u8>>) -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
             let (mut socket, _) = listener.accept().await.unwrap();
             let mut request = vec![0; 1024];
             let _ = socket.read(&mut request).await.unwrap();
-            socket.write_all(head.as_bytes()).await.unwrap();
-            for piece in body.as_bytes().chunks(chunk) {
-                let mut framed = format!("{:x}\r\n", piece.len()).into_bytes();
-                framed.extend_from_slice(piece);
-                framed.extend_from_slice(b"\r\n");
-                socket.write_all(&framed).await.unwrap();
+            for piece in pieces {
+                socket.write_all(&piece).await.unwrap();
                 socket.flush().await.unwrap();
                 tokio::task::yield_now().await;
             }
-            socket.write_all(b"0\r\n\r\n").await.unwrap();
         });
         addr
+    }
+
+    /// `head`, then `body` in HTTP chunks of `chunk` bytes, then the last
+    /// chunk.
+    fn chunked(head: &str, body: &str, chunk: usize) -> Vec<Vec<u8>> {
+        let mut pieces = vec![head.as_bytes().to_vec()];
+        for piece in body.as_bytes().chunks(chunk) {
+            let mut framed = format!("{:x}\r\n", piece.len()).into_bytes();
+            framed.extend_from_slice(piece);
+            framed.extend_from_slice(b"\r\n");
+            pieces.push(framed);
+        }
+        pieces.push(b"0\r\n\r\n".to_vec());
+        pieces
+    }
+
+    async fn serve_once(head: &str, body: &str, chunk: usize) -> SocketAddr {
+        serve(chunked(head, body, chunk)).await
     }
 
     const OK: &str = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
@@ -413,6 +433,29 @@ mod tests {
             }
             assert_eq!(items, expected(), "chunks of {chunk}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_body_that_came_with_the_head_is_not_lost() {
+        let whole = chunked(OK, STREAM, 9).concat();
+        let mut events = open(serve(vec![whole]).await).await.unwrap();
+        let mut items = Vec::new();
+        while let Some(item) = events.next().await {
+            items.push(item.expect("a readable stream"));
+        }
+        assert_eq!(items, expected());
+    }
+
+    #[tokio::test]
+    async fn a_stream_cut_off_within_the_body_fails() {
+        let mut pieces = chunked(OK, STREAM, 9);
+        pieces.truncate(3);
+        let mut events = open(serve(pieces).await).await.unwrap();
+        let mut last = events.next().await;
+        while let Some(Ok(_)) = last {
+            last = events.next().await;
+        }
+        assert!(matches!(last, Some(Err(_))), "{last:?}");
     }
 
     #[tokio::test]
@@ -441,5 +484,11 @@ mod tests {
         let json = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
                     transfer-encoding: chunked\r\n\r\n";
         assert!(open(serve_once(json, "{}", 2).await).await.is_err());
+        let sized = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
+                     content-length: 4\r\n\r\n:\n\n\n";
+        let Err(error) = open(serve(vec![sized.into()]).await).await else {
+            panic!("a body of known length opened a stream");
+        };
+        assert!(error.contains("not chunked"), "{error}");
     }
 }
