@@ -13,11 +13,11 @@
 //!
 //! The HTTP side is done by hand on the socket: the request, the response
 //! head through `httparse`, then the chunked body through [`Chunked`].
-//! hyper's client connection did the same for about 1.3 times the
-//! WebSocket readers' CPU per event and several KiB more per reader (an
-//! 8 KiB header buffer, its dispatcher and a body channel; see
-//! BENCHMARKS.md, "Server-Sent Events"): on the one loadgen thread that
-//! serves 10,000 readers, that cost shows in the very latencies measured.
+//! hyper's client connection did the same for about 1.4 times the
+//! WebSocket readers' CPU per event and 8 KiB more per reader (an 8 KiB
+//! header buffer, its dispatcher and a body channel; see BENCHMARKS.md,
+//! "Server-Sent Events"): on the one loadgen thread that serves 10,000
+//! readers, that cost shows in the very latencies measured.
 
 use crate::chunked::Chunked;
 use std::collections::VecDeque;
