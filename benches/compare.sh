@@ -2,16 +2,20 @@
 # Runs ocha-server, the Node `ws` reference and the one-thread floor one after
 # another under the same load (the `loadgen` binary, latency and back-to-back
 # modes) and prints one markdown table of the figures, with ratios to Node.
+# Server `ocha-sse` is ocha-server again, its clients reading Server-Sent
+# Events (`loadgen --sse`) instead of WebSocket frames; given both `ocha` and
+# `ocha-sse`, the table adds their ratios.
 #
 # Usage: benches/compare.sh [--clients N] [--events M] [--interval-ms MS] [--repeat R]
 #                           [--servers "ocha node floor"] [--modes "interval b2b"]
 #                           [--out DIR] [-- LOADGEN_ARGS...]
 # The same settings can come from the environment: CLIENTS (default 10000),
-# EVENTS (30), INTERVAL_MS (200), REPEAT (1), SERVERS, MODES, OUT_DIR, BASE_PORT
-# (5111: ocha takes it, node +1, floor +2), ANCHORS (default ../shared/anchors
-# beside the repository), JWT_SECRET, and OCHA_BIN: the ocha-server binary to
-# run (default: this checkout's release build), to measure another version
-# with the same loadgen.
+# EVENTS (30), INTERVAL_MS (200), REPEAT (1), SERVERS (ocha node floor; ocha-sse
+# on request), MODES, OUT_DIR, BASE_PORT (5111: ocha takes it, node +1, floor
+# +2, ocha-sse +3), ANCHORS (default ../shared/anchors beside the repository),
+# JWT_SECRET, and OCHA_BIN: the ocha-server binary to run (default: this
+# checkout's release build, in CARGO_TARGET_DIR if set), to measure another
+# version with the same loadgen.
 #
 # Every run gets a freshly started server, so that RSS is measured from a
 # clean baseline and nothing is left over from the previous run (the floor
@@ -44,7 +48,7 @@ while [ $# -gt 0 ]; do
         --modes) modes=$2; shift 2 ;;
         --out) out=$2; shift 2 ;;
         --) shift; extra=("$@"); break ;;
-        -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "compare.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -57,16 +61,17 @@ command -v python3 >/dev/null || die "python3 is needed to build the table"
 
 # --- build ---------------------------------------------------------------
 packages=(-p benches)
-[[ " $servers " == *" ocha "* ]] && packages+=(-p ocha-server)
+[[ " $servers " == *" ocha "* || " $servers " == *" ocha-sse "* ]] && packages+=(-p ocha-server)
 echo "building ${packages[*]} (release)..." >&2
 (cd "$root" && cargo build --release "${packages[@]}" --bins) >&2 || die "build failed"
-loadgen=$root/target/release/loadgen
+target=${CARGO_TARGET_DIR:-$root/target}
+loadgen=$target/release/loadgen
 for s in $servers; do
     case $s in
         node) [ -x "$anchors/node-ws/run.sh" ] || die "no Node reference at $anchors/node-ws (set ANCHORS)" ;;
         floor) [ -x "$anchors/rust-floor/run.sh" ] || die "no floor at $anchors/rust-floor (set ANCHORS)" ;;
-        ocha) ;;
-        *) die "unknown server '$s' (known: ocha node floor)" ;;
+        ocha|ocha-sse) ;;
+        *) die "unknown server '$s' (known: ocha node floor ocha-sse)" ;;
     esac
 done
 
@@ -96,8 +101,8 @@ start_server() {
     local name=$1 port=$2 log=$3 db=$4
     listening "$port" && die "port $port is already in use; set BASE_PORT"
     case $name in
-        ocha) PORT=$port JWT_SECRET=$secret DATABASE_URL=sqlite:$db RUST_LOG=${RUST_LOG:-warn} \
-                  setsid "${OCHA_BIN:-$root/target/release/ocha-server}" >"$log" 2>&1 & ;;
+        ocha|ocha-sse) PORT=$port JWT_SECRET=$secret DATABASE_URL=sqlite:$db RUST_LOG=${RUST_LOG:-warn} \
+                  setsid "${OCHA_BIN:-$target/release/ocha-server}" >"$log" 2>&1 & ;;
         node) PORT=$port JWT_SECRET=$secret setsid "$anchors/node-ws/run.sh" >"$log" 2>&1 & ;;
         floor) PORT=$port setsid "$anchors/rust-floor/run.sh" >"$log" 2>&1 & ;;
     esac
@@ -123,12 +128,20 @@ start_server() {
 # --- runs ----------------------------------------------------------------
 failed=0
 echo "results and logs in $out" >&2
-for s in $servers; do
-    case $s in ocha) port=$base_port ;; node) port=$((base_port + 1)) ;; floor) port=$((base_port + 2)) ;; esac
-    for rep in $(seq "$repeat"); do
+# Repetitions outermost: the servers take turns, so that a change in the
+# load of the two shared cores falls on all of them alike.
+for rep in $(seq "$repeat"); do
+    for s in $servers; do
+        case $s in
+            ocha) port=$base_port ;;
+            node) port=$((base_port + 1)) ;;
+            floor) port=$((base_port + 2)) ;;
+            ocha-sse) port=$((base_port + 3)) ;;
+        esac
         for mode in $modes; do
             flags=(--interval-ms "$interval_ms")
             [ $mode = b2b ] && flags=(--back-to-back)
+            [ $s = ocha-sse ] && flags+=(--sse)
             run=$out/$s-$mode-$rep
             rm -f "$run.db"
             start_server "$s" "$port" "$run.server.log" "$run.db"
@@ -157,7 +170,8 @@ import json, os, platform, statistics, sys
 
 out, clients, events, interval_ms, repeat = sys.argv[1:6]
 servers = sys.argv[6:]
-names = {"ocha": "ocha-server", "node": "Node http + `ws`", "floor": "floor (one thread, direct writes)"}
+names = {"ocha": "ocha-server", "node": "Node http + `ws`", "floor": "floor (one thread, direct writes)",
+         "ocha-sse": "ocha-server, Server-Sent Events"}
 
 def load(server, mode, rep):
     try:
@@ -220,6 +234,11 @@ for s in servers:
           f"| {fmt(r['cpu'], 2)} | {ratio(r['cpu'], node.get('cpu'))} "
           f"| {fmt(r['all_p50'], 1)} | {fmt(r['p99'], 1)} | {fmt(r['rate'], 0)} "
           f"| {ratio(r['rate'], node.get('rate'))} | {'n/a' if r['lost'] is None else r['lost']} |")
+if "ocha" in rows and "ocha-sse" in rows:
+    ws, sse = rows["ocha"], rows["ocha-sse"]
+    print(f"| SSE / WebSocket | {ratio(sse['rss'], ws['rss'])} | {ratio(sse['rss_drained'], ws['rss_drained'])} "
+          f"| {ratio(sse['cpu'], ws['cpu'])} | | {ratio(sse['all_p50'], ws['all_p50'])} "
+          f"| {ratio(sse['p99'], ws['p99'])} | {ratio(sse['rate'], ws['rate'])} | | |")
 slow = [s for s in servers if rows[s]["slow_requested"]]
 if slow:
     print()

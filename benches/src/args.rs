@@ -1,7 +1,8 @@
 //! Command-line options: the [`Args`] a run is configured with, their
-//! parsing, the [`USAGE`] text, the server they describe, and its address
-//! taken from `--url`.
+//! parsing, the [`USAGE`] text, the server they describe, how its readers
+//! receive events, and its address taken from `--url`.
 
+use serde::Serialize;
 use std::net::{SocketAddr, ToSocketAddrs};
 
 /// The `--help` text, listing every option and its default.
@@ -10,11 +11,14 @@ usage: loadgen [options]
 
   --url URL                 server base URL (default http://127.0.0.1:5101);
                             WebSocket on ws://HOST:PORT/, products on /api/v1/products
-  --ws-url URL              base URL of a node the WebSocket clients connect to; repeat
+  --ws-url URL              base URL of a node the reading clients connect to; repeat
                             it for several nodes of one cluster: client i connects to
                             the (i mod n)-th, and the report adds each node's figures.
                             Products still go to --url (default: --url alone)
-  --clients N               reading WebSocket clients (default 1000)
+  --clients N               reading clients (default 1000)
+  --sse                     the readers open GET /api/v1/events (Server-Sent Events,
+                            HTTP/1.1) instead of a WebSocket; ocha-server only. Slow
+                            clients stay WebSocket
   --events M                products to create (default 30)
   --interval-ms MS          latency mode: one POST every MS ms (default 200)
   --back-to-back            throughput mode: next POST as soon as the previous answered
@@ -52,6 +56,9 @@ Channels, against the rooms example (examples/rooms.rs) instead of ocha-server:
   --broadcast               POST the events to /broadcast instead: every client expects them
 ";
 
+/// Where ocha-server serves its events as Server-Sent Events.
+const SSE_PATH: &str = "/api/v1/events";
+
 /// Command-line options; see [`USAGE`].
 #[derive(Debug, Clone)]
 pub struct Args {
@@ -76,7 +83,19 @@ pub struct Args {
     pub(crate) json: bool,
     pub(crate) run_id: Option<String>,
     pub(crate) listen_only: bool,
+    pub(crate) transport: Transport,
     pub(crate) server: Server,
+}
+
+/// How the reading clients receive the events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Transport {
+    /// A WebSocket on the node's `/`: one text frame per event.
+    WebSocket,
+    /// `GET /api/v1/events`: one Server-Sent Event per event, in a chunked
+    /// `text/event-stream` body (`--sse`).
+    Sse,
 }
 
 /// The server under test: how it greets clients, where events are
@@ -125,6 +144,7 @@ impl Args {
             json: false,
             run_id: None,
             listen_only: false,
+            transport: Transport::WebSocket,
             server: Server::Ocha,
         };
         let (mut channel, mut members, mut broadcast) = (None, None, false);
@@ -165,6 +185,7 @@ impl Args {
                 "--json" => a.json = true,
                 "--run-id" => a.run_id = Some(value()?),
                 "--listen-only" => a.listen_only = true,
+                "--sse" => a.transport = Transport::Sse,
                 "--channel" => channel = Some(value()?),
                 "--channel-members" => members = Some(num(&flag, value()?)?),
                 "--broadcast" => broadcast = true,
@@ -186,6 +207,11 @@ impl Args {
         }
         if a.listen_only && a.run_id.is_none() {
             return Err("--listen-only needs the --run-id of the loadgen that POSTs".into());
+        }
+        if channel.is_some() && a.transport == Transport::Sse {
+            return Err(
+                "--sse needs ocha-server: the rooms example serves no events stream".into(),
+            );
         }
         if let Some(channel) = channel {
             // Sent unescaped in the WebSocket URL and the POST path.
@@ -241,8 +267,11 @@ impl Args {
         }
     }
 
-    /// The WebSocket path reading client `client` connects with.
+    /// The path reading client `client` opens on its node.
     pub(crate) fn client_path(&self, client: usize) -> String {
+        if self.transport == Transport::Sse {
+            return SSE_PATH.into();
+        }
         match &self.server {
             Server::Rooms {
                 channel, members, ..
@@ -311,6 +340,14 @@ impl Target {
     pub(crate) fn ws_url(&self, path: &str) -> String {
         format!("ws://{}{path}", self.authority)
     }
+
+    /// Where readers of `transport` connect, before any per-client query.
+    pub(crate) fn reader_url(&self, transport: Transport) -> String {
+        match transport {
+            Transport::WebSocket => self.ws_url("/"),
+            Transport::Sse => format!("http://{}{SSE_PATH}", self.authority),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -365,6 +402,26 @@ mod tests {
         assert_eq!(three.ws_bases(), ["http://a:1", "http://b:2", "http://c:3"]);
         let nodes: Vec<usize> = (0..7).map(|c| three.node_of(c)).collect();
         assert_eq!(nodes, [0, 1, 2, 0, 1, 2, 0]);
+    }
+
+    #[test]
+    fn sse_readers_open_the_events_stream_of_ocha_server() {
+        let parse = |argv: &str| Args::parse(argv.split(' ').map(String::from));
+        let ws = parse("--clients 10").unwrap();
+        assert_eq!(
+            (ws.transport, ws.client_path(3)),
+            (Transport::WebSocket, "/".into())
+        );
+        let sse = parse("--clients 10 --sse").unwrap();
+        assert_eq!(sse.transport, Transport::Sse);
+        assert_eq!(sse.client_path(3), "/api/v1/events");
+        let target = Target::from_url("http://127.0.0.1:5101").unwrap();
+        assert_eq!(
+            target.reader_url(sse.transport),
+            "http://127.0.0.1:5101/api/v1/events"
+        );
+        assert_eq!(target.reader_url(ws.transport), "ws://127.0.0.1:5101/");
+        assert!(parse("--sse --channel c").is_err());
     }
 
     #[test]

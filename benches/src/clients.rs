@@ -1,13 +1,16 @@
-//! The WebSocket clients: the receive table they share with the coordinator
+//! The clients: the receive table they share with the coordinator
 //! ([`Shared`]), opening connections from spread source addresses with
-//! retries, the reading clients, and the slow clients that never read.
+//! retries, the reading clients (WebSocket, or Server-Sent Events with
+//! `--sse`), and the slow WebSocket clients that never read.
 
-use crate::args::{Args, Target};
+use crate::args::{Args, Target, Transport};
 use crate::clock::Clock;
 use crate::products::sent_stamp;
 use crate::report::keep_error;
+use crate::sse::{EventStream, Item};
 use crate::stats::{Sent, UNSET};
 use futures_util::StreamExt;
+use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
@@ -21,9 +24,11 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{client_async_with_config, WebSocketStream};
 
-/// The first frame every server under test sends to a new client.
+/// The first frame every server under test sends to a new client; over
+/// Server-Sent Events, the first comment.
 const WELCOME: &str = r#"{"message":"Connecté au WebSocket"}"#;
-/// Tries per client connection (TCP connect + WebSocket handshake).
+/// Tries per client connection (TCP connect + WebSocket handshake or
+/// event-stream request).
 const CONNECT_ATTEMPTS: u32 = 5;
 /// Bound on one connection attempt, handshake included.
 pub(crate) const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -91,6 +96,35 @@ impl ConnectCounters {
 }
 
 impl Shared {
+    /// Counts a reader's connection attempt that is over: its connection,
+    /// or `None` if it failed.
+    fn opened<T>(&self, attempt: Result<T, String>) -> Option<T> {
+        let c = &self.connect;
+        attempt
+            .map_err(|e| {
+                c.note_error(e);
+                c.failed.fetch_add(1, Relaxed);
+                c.settled.fetch_add(1, Relaxed);
+            })
+            .ok()
+    }
+
+    /// Counts reader `client` as connected, its welcome checked: the end of
+    /// its connection phase.
+    fn welcomed(&self, client: usize, welcome: Result<(), String>) {
+        let c = &self.connect;
+        if let Err(e) = welcome {
+            c.note_error(e);
+            c.bad_welcome.fetch_add(1, Relaxed);
+        }
+        c.ok.fetch_add(1, Relaxed);
+        if client < self.recipients {
+            c.ok_recipients.fetch_add(1, Relaxed);
+        }
+        c.last_us.fetch_max(self.now_us(), Relaxed);
+        c.settled.fetch_add(1, Relaxed);
+    }
+
     /// Fresh state for `recipients` of `events` events of run `run_id`.
     pub(crate) fn new(run_id: &str, recipients: usize, events: usize) -> Shared {
         Shared {
@@ -177,13 +211,13 @@ fn ws_config() -> WebSocketConfig {
         .write_buffer_size(0)
 }
 
-/// One TCP connect from `src` plus the WebSocket handshake for `url`.
-async fn open_once(
+/// A TCP connection to `target` from `src`, with `rcvbuf` as its receive
+/// buffer if given.
+async fn connect_from(
     target: &Target,
-    url: &str,
     src: Ipv4Addr,
     rcvbuf: Option<u32>,
-) -> Result<Ws, String> {
+) -> Result<TcpStream, String> {
     let socket = TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
     // Let connect() pick the source port per destination instead of bind()
     // reserving one per source address; tokio has no setter for this. Best
@@ -213,30 +247,45 @@ async fn open_once(
         .await
         .map_err(|e| format!("connect: {e}"))?;
     stream.set_nodelay(true).ok();
+    Ok(stream)
+}
+
+/// One TCP connect from `src` plus the WebSocket handshake for `url`.
+async fn open_ws(
+    target: &Target,
+    url: &str,
+    src: Ipv4Addr,
+    rcvbuf: Option<u32>,
+) -> Result<Ws, String> {
+    let stream = connect_from(target, src, rcvbuf).await?;
     let (ws, _response) = client_async_with_config(url, stream, Some(ws_config()))
         .await
         .map_err(|e| format!("handshake: {e}"))?;
     Ok(ws)
 }
 
-/// [`open_once`] with retries and exponential backoff, for listen backlogs
-/// that overflow while thousands of clients connect.
-async fn open(
-    target: &Target,
-    url: &str,
+/// One TCP connect from `src` plus the request for the event stream at `path`.
+async fn open_sse(target: &Target, path: &str, src: Ipv4Addr) -> Result<EventStream, String> {
+    let stream = connect_from(target, src, None).await?;
+    EventStream::open(stream, &target.authority, path).await
+}
+
+/// Runs `attempt`, a connection of client `index`, until it succeeds, with
+/// retries and exponential backoff, for listen backlogs that overflow while
+/// thousands of clients connect.
+async fn retrying<T, F: Future<Output = Result<T, String>>>(
     index: usize,
-    src: Ipv4Addr,
-    rcvbuf: Option<u32>,
     counters: &ConnectCounters,
-) -> Result<Ws, String> {
+    mut attempt: impl FnMut() -> F,
+) -> Result<T, String> {
     let mut backoff = Duration::from_millis(50 + (index % 50) as u64);
-    for attempt in 1.. {
-        let error = match timeout(ATTEMPT_TIMEOUT, open_once(target, url, src, rcvbuf)).await {
-            Ok(Ok(ws)) => return Ok(ws),
+    for attempt_number in 1.. {
+        let error = match timeout(ATTEMPT_TIMEOUT, attempt()).await {
+            Ok(Ok(connection)) => return Ok(connection),
             Ok(Err(e)) => e,
             Err(_) => "connect/handshake timed out".to_string(),
         };
-        if attempt == CONNECT_ATTEMPTS {
+        if attempt_number == CONNECT_ATTEMPTS {
             return Err(error);
         }
         counters.retries.fetch_add(1, Relaxed);
@@ -263,42 +312,57 @@ async fn ready(ws: &mut Ws, welcome: bool) -> Result<(), String> {
     }
 }
 
-/// One reading client: connects to `url`, waits until the server has it
-/// (see [`ready`]), then records every event, or, if it is not a
-/// recipient, counts whatever it receives.
+/// Waits until ocha-server has an event-stream client: for its welcome
+/// (see [`EventStream::welcome`]).
+async fn sse_ready(events: &mut EventStream) -> Result<(), String> {
+    timeout(WELCOME_TIMEOUT, events.welcome(WELCOME))
+        .await
+        .unwrap_or_else(|_| Err("no welcome in time".into()))
+}
+
+/// Reading client `client`: connects to `target`, its node, as `args` say,
+/// waits until the server has it (see [`ready`] and [`sse_ready`]), then
+/// records every event, or, if it is not a recipient, counts whatever it
+/// receives.
 pub(crate) async fn reader(
     shared: Arc<Shared>,
+    args: Arc<Args>,
     target: Arc<Target>,
-    url: String,
-    welcome: bool,
     client: usize,
-    spread: u8,
     gate: Arc<Semaphore>,
 ) {
     let c = &shared.connect;
-    let recipient = client < shared.recipients;
     let permit = gate.acquire_owned().await.expect("semaphore never closed");
-    let mut ws = match open(&target, &url, client, source_ip(client, spread), None, c).await {
-        Ok(ws) => ws,
-        Err(e) => {
-            c.note_error(e);
-            c.failed.fetch_add(1, Relaxed);
-            c.settled.fetch_add(1, Relaxed);
-            return;
+    let (src, path) = (source_ip(client, args.source_ips), args.client_path(client));
+    match args.transport {
+        Transport::WebSocket => {
+            let url = target.ws_url(&path);
+            let opened = retrying(client, c, || open_ws(&target, &url, src, None)).await;
+            let Some(mut ws) = shared.opened(opened) else {
+                return;
+            };
+            shared.welcomed(client, ready(&mut ws, args.expects_welcome()).await);
+            drop(permit);
+            read_ws(&shared, client, ws).await;
         }
-    };
-    if let Err(e) = ready(&mut ws, welcome).await {
-        c.note_error(e);
-        c.bad_welcome.fetch_add(1, Relaxed);
+        Transport::Sse => {
+            let opened = retrying(client, c, || open_sse(&target, &path, src)).await;
+            let Some(mut events) = shared.opened(opened) else {
+                return;
+            };
+            shared.welcomed(client, sse_ready(&mut events).await);
+            drop(permit);
+            read_sse(&shared, client, events).await;
+        }
     }
-    c.ok.fetch_add(1, Relaxed);
-    if recipient {
-        c.ok_recipients.fetch_add(1, Relaxed);
+    if !shared.stopping.load(Relaxed) {
+        shared.disconnected.fetch_add(1, Relaxed);
     }
-    c.last_us.fetch_max(shared.now_us(), Relaxed);
-    c.settled.fetch_add(1, Relaxed);
-    drop(permit);
+}
 
+/// Records the WebSocket frames of reader `client` until its connection ends.
+async fn read_ws(shared: &Shared, client: usize, mut ws: Ws) {
+    let recipient = client < shared.recipients;
     let mut last = None;
     while let Some(msg) = ws.next().await {
         match msg {
@@ -317,8 +381,23 @@ pub(crate) async fn reader(
             Ok(_) => {}
         }
     }
-    if !shared.stopping.load(Relaxed) {
-        shared.disconnected.fetch_add(1, Relaxed);
+}
+
+/// Records the events of reader `client`'s stream until it ends. Every
+/// such reader is a recipient: only ocha-server serves event streams, and
+/// it sends every event to all.
+async fn read_sse(shared: &Shared, client: usize, mut events: EventStream) {
+    let mut last = None;
+    while let Some(item) = events.next().await {
+        match item {
+            // An event's data is the text of its WebSocket frame.
+            Ok(Item::Block {
+                data: Some(text), ..
+            }) => shared.record(client, &text, &mut last),
+            // Heartbeats, and blocks that only move the position.
+            Ok(Item::Comment(_) | Item::Block { data: None, .. }) => {}
+            Err(_) => break,
+        }
     }
 }
 
@@ -338,14 +417,10 @@ pub(crate) async fn open_slow_clients(
         set.spawn(async move {
             let _permit = gate.acquire_owned().await.expect("semaphore never closed");
             let counters = &shared.connect;
-            open(
-                &target,
-                &target.ws_url("/"),
-                index,
-                source_ip(index, spread),
-                Some(rcvbuf),
-                counters,
-            )
+            let (url, src) = (target.ws_url("/"), source_ip(index, spread));
+            retrying(index, counters, || {
+                open_ws(&target, &url, src, Some(rcvbuf))
+            })
             .await
             .map_err(|e| counters.note_error(format!("slow client: {e}")))
             .ok()

@@ -2,6 +2,7 @@
 //! the run passed, and its two outputs, a human-readable table and one JSON
 //! object (whose field names `benches/compare.sh` and the smoke test read).
 
+use crate::args::Transport;
 use crate::stats::{DeliveryStats, Summary};
 use serde::Serialize;
 
@@ -20,9 +21,12 @@ pub(crate) fn keep_error(errors: &mut Vec<String>, e: String) {
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub(crate) url: String,
-    /// The nodes the readers connected to, as WebSocket URLs.
+    /// The nodes the readers connected to, as WebSocket URLs (whatever
+    /// their transport, so that the nodes keep their names).
     pub(crate) ws_urls: Vec<String>,
     pub(crate) mode: &'static str,
+    /// How the readers received the events.
+    pub(crate) transport: Transport,
     pub(crate) interval_ms: Option<u64>,
     pub(crate) clients: usize,
     pub(crate) events: usize,
@@ -166,10 +170,13 @@ impl Report {
 
     /// Prints the report as a table on stdout.
     pub fn print_table(&self) {
-        let mode = match self.interval_ms {
+        let mut mode = match self.interval_ms {
             Some(ms) => format!("interval {ms} ms"),
             None => self.mode.into(),
         };
+        if self.transport == Transport::Sse {
+            mode.push_str(", Server-Sent Events");
+        }
         println!("loadgen run {} against {} ({mode})", self.run_id, self.url);
         if self.ws_urls.len() > 1 {
             println!("  nodes            {}", self.ws_urls.join(" "));

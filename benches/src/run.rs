@@ -52,6 +52,8 @@ pub fn runtime(args: &Args) -> std::io::Result<Runtime> {
 /// client tasks still on the [`runtime`]: tearing thousands of them down one
 /// by one takes a while, so the binary leaves them to the process exit.
 pub async fn run(args: Args) -> Result<Report, String> {
+    // Every reader task reads its settings from them.
+    let args = Arc::new(args);
     let target = Arc::new(Target::from_url(&args.url)?);
     let nodes = args
         .ws_bases()
@@ -96,6 +98,7 @@ pub async fn run(args: Args) -> Result<Report, String> {
     // Connect phase.
     let baseline = probe.memory();
     let ws_urls: Vec<String> = nodes.iter().map(|n| n.ws_url("/")).collect();
+    let reader_urls: Vec<String> = nodes.iter().map(|n| n.reader_url(args.transport)).collect();
     let poster = if args.listen_only {
         "another loadgen POSTs"
     } else {
@@ -104,7 +107,7 @@ pub async fn run(args: Args) -> Result<Report, String> {
     eprintln!(
         "loadgen {run_id}: connecting {} clients to {} ({} mode), events {poster} to {} for {recipients} of them",
         args.clients,
-        ws_urls.join(" "),
+        reader_urls.join(" "),
         args.mode(),
         args.post_path(),
     );
@@ -115,11 +118,9 @@ pub async fn run(args: Args) -> Result<Report, String> {
         let node = &nodes[args.node_of(client)];
         tokio::spawn(reader(
             shared.clone(),
+            args.clone(),
             node.clone(),
-            node.ws_url(&args.client_path(client)),
-            args.expects_welcome(),
             client,
-            args.source_ips,
             gate.clone(),
         ));
     }
@@ -280,6 +281,7 @@ pub async fn run(args: Args) -> Result<Report, String> {
         url: args.url.clone(),
         ws_urls,
         mode: args.mode(),
+        transport: args.transport,
         interval_ms: (!args.back_to_back && !args.listen_only).then_some(args.interval_ms),
         clients: args.clients,
         events: args.events,

@@ -3,8 +3,9 @@
 //! to connect. Never a speed threshold: timings are printed, not checked.
 //!
 //! The servers run in this process on 127.0.0.1: the real server through
-//! `server::run` with an in-memory database (issue 4), and a rooms-like
-//! server for the channel mode. `loadgen` is the real binary, run as a child.
+//! `server::run` with an in-memory database (issue 4), over WebSocket and
+//! Server-Sent Events, and a rooms-like server for the channel mode.
+//! `loadgen` is the real binary, run as a child.
 //!
 //! Two listeners serving one app stand for two nodes of a cluster: to the
 //! load generator, which only sees where its clients connect and where it
@@ -153,6 +154,7 @@ async fn loadgen_against_the_real_server_loses_nothing() {
 
     let interval = loadgen(addr, &[]).await;
     assert_eq!(interval["mode"], "interval");
+    assert_eq!(interval["transport"], "websocket");
     assert_nothing_lost(&interval, CLIENTS);
 
     let back_to_back = loadgen(addr, &["--back-to-back"]).await;
@@ -165,6 +167,31 @@ async fn loadgen_against_the_real_server_loses_nothing() {
     assert_nothing_lost(&slow, CLIENTS);
     assert_eq!(slow["slow"]["requested"], 5, "{slow}");
     assert_eq!(slow["slow"]["failed_to_open"], 0, "{slow}");
+
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("server shuts down in time")
+        .expect("server task does not panic");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_readers_get_the_same_events_as_websocket_readers() {
+    let app = real_app().await;
+    let listener = listen().await;
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(server::run(listener, app, async {
+        let _ = stopped.await;
+    }));
+
+    // The second run's streams open past the first run's events: their
+    // position after the welcome is the last event's id, no longer 0.
+    for mode in [&[][..], &["--back-to-back"]] {
+        let report = loadgen(addr, &[&["--sse"], mode].concat()).await;
+        assert_eq!(report["transport"], "sse", "{report}");
+        assert_nothing_lost(&report, CLIENTS);
+    }
 
     let _ = stop.send(());
     tokio::time::timeout(Duration::from_secs(10), server)

@@ -11,6 +11,11 @@
 //!     --url http://127.0.0.1:5101 --clients 10000 --events 30 --jwt-secret s3
 //! ```
 //!
+//! With `--sse` the clients open ocha-server's `GET /api/v1/events`
+//! instead, check the welcome comment and position that start the stream,
+//! and take each event's `data` for the WebSocket frame it stands for: the
+//! figures are the same, for the other transport.
+//!
 //! With `--channel NAME` it drives the rooms example (`examples/rooms.rs`)
 //! instead: `--channel-members K` of the clients join the channel, events
 //! are POSTed to `/channels/NAME` (or `/broadcast` with `--broadcast`), and
