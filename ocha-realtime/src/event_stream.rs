@@ -39,6 +39,9 @@ pub struct EventStream {
     sending: VecDeque<Bytes>,
     heartbeat: Pin<Box<Sleep>>,
     interval: Duration,
+    /// When the stream last sent something: the heartbeat is due an
+    /// interval after. Re-arming the timer per event would cost more.
+    last_sent: Instant,
     /// The hub closed this connection: end once `sending` is empty.
     ending: bool,
 }
@@ -63,6 +66,7 @@ impl EventStream {
             sending: first,
             heartbeat: Box::pin(tokio::time::sleep(interval)),
             interval,
+            last_sent: Instant::now(),
             ending: false,
         }
     }
@@ -79,8 +83,7 @@ impl Body for EventStream {
         let this = &mut *self;
         loop {
             if let Some(bytes) = this.sending.pop_front() {
-                let next = Instant::now() + this.interval;
-                this.heartbeat.as_mut().reset(next);
+                this.last_sent = Instant::now();
                 return Poll::Ready(Some(Ok(Frame::data(bytes))));
             }
             if this.ending {
@@ -98,12 +101,18 @@ impl Body for EventStream {
             if !this.sending.is_empty() || this.ending {
                 continue;
             }
-            if this.heartbeat.as_mut().poll(cx).is_ready() {
-                let next = Instant::now() + this.interval;
-                this.heartbeat.as_mut().reset(next);
-                return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(HEARTBEAT)))));
+            if this.heartbeat.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
             }
-            return Poll::Pending;
+            let due = this.last_sent + this.interval;
+            if due > Instant::now() {
+                // Events went out meanwhile: wait out the rest.
+                this.heartbeat.as_mut().reset(due);
+                continue;
+            }
+            this.last_sent = Instant::now();
+            this.heartbeat.as_mut().reset(this.last_sent + this.interval);
+            return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(HEARTBEAT)))));
         }
     }
 
