@@ -111,7 +111,9 @@ impl Body for EventStream {
                 continue;
             }
             this.last_sent = Instant::now();
-            this.heartbeat.as_mut().reset(this.last_sent + this.interval);
+            this.heartbeat
+                .as_mut()
+                .reset(this.last_sent + this.interval);
             return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(HEARTBEAT)))));
         }
     }
