@@ -56,7 +56,7 @@ use crate::object_id;
 use crate::page::Asset;
 use crate::product::{NewProduct, ProductChanges};
 use crate::response::{self, Body};
-use crate::server::{ClientAddress, StartError};
+use crate::server::{ClientAddress, HttpPlace, StartError};
 use crate::store::{Store, StoredEvent};
 
 /// Committed events waiting for the broadcaster. A fan-out takes
@@ -257,7 +257,12 @@ impl App {
             }
             (Route::Events, Method::GET) => {
                 return match self.hub.event_stream(&request, client_admission(&request)) {
-                    Ok(stream) => stream.map(Either::Right),
+                    Ok(stream) => {
+                        if let Some(place) = request.extensions().get::<HttpPlace>() {
+                            place.release();
+                        }
+                        stream.map(Either::Right)
+                    }
                     Err(refused) => self.refusal(refused, Transport::EventStream),
                 };
             }

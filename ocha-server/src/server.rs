@@ -453,6 +453,21 @@ impl ClientAddress {
     }
 }
 
+/// A connection's place among the `MAX_HTTP_CONNECTIONS`, reachable from
+/// its requests: a request that turns the connection into an event stream
+/// gives the place up, as an upgrade to WebSocket does, since the hub
+/// bounds its clients itself (`WS_MAX_CONNECTIONS`, the per-address cap).
+/// Otherwise thousands of SSE clients would leave no room for a request.
+#[derive(Debug, Clone)]
+pub struct HttpPlace(Arc<std::sync::Mutex<Option<OwnedSemaphorePermit>>>);
+
+impl HttpPlace {
+    /// Gives the connection's place up: it no longer counts as HTTP.
+    pub fn release(&self) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+}
+
 fn spawn_connection(
     stream: TcpStream,
     peer: SocketAddr,
@@ -465,18 +480,19 @@ fn spawn_connection(
     // larger than this API's.
     serving.app.hub().tune(&stream);
     let client = ClientAddress::of(peer.ip());
+    // Held while hyper serves the connection: until it closes, hands the
+    // socket to the hub as a WebSocket, or becomes an event stream.
+    let place = HttpPlace(Arc::new(std::sync::Mutex::new(Some(permit))));
     let app = serving.app.clone();
     let body_timeout = serving.body_timeout;
     let service = service_fn(move |mut request: Request<Incoming>| {
         let app = app.clone();
         request.extensions_mut().insert(client);
+        request.extensions_mut().insert(place.clone());
         let request = request.map(|body| TimedBody::new(body, body_timeout));
         async move { Ok::<_, Infallible>(handle_logged(&app, peer, request).await) }
     });
     tokio::spawn(async move {
-        // The permit is held while hyper serves the connection: until it
-        // closes, or hands the socket over to the hub as a WebSocket.
-        let _permit = permit;
         let mut connection = serving
             .builder
             .serve_connection(TokioIo::new(stream), service)

@@ -132,3 +132,25 @@ async fn streams_count_against_the_connection_cap_and_the_origin_allow_list() {
     drop(sse);
     stop_binary(&mut server).await;
 }
+
+#[tokio::test]
+async fn event_streams_leave_the_http_connection_count_as_websockets_do() {
+    let dir = TempDir::new("sse-http-limit");
+    let mut command = server_command(&dir);
+    command.env("MAX_HTTP_CONNECTIONS", "2");
+    let (mut server, addr, _) = start(&mut command).await;
+    let mut streams = Vec::new();
+    for _ in 0..4 {
+        let mut sse = SseClient::open(addr, "/api/v1/events", &[]).await;
+        sse.next_block().await.unwrap();
+        streams.push(sse);
+    }
+    // Four streams open, and room for requests all the same.
+    assert_healthy(addr).await;
+    create_on(addr, 1).await;
+    for sse in &mut streams {
+        assert_eq!(sse.next_event().await.1.as_deref(), Some("1"));
+    }
+    drop(streams);
+    stop_binary(&mut server).await;
+}
