@@ -165,11 +165,12 @@ for rep in $(seq "$repeat"); do
 done
 
 # --- table ---------------------------------------------------------------
-python3 - "$out" "$clients" "$events" "$interval_ms" "$repeat" $servers <<'EOF'
+MODES="$modes" python3 - "$out" "$clients" "$events" "$interval_ms" "$repeat" $servers <<'EOF'
 import json, os, platform, statistics, sys
 
 out, clients, events, interval_ms, repeat = sys.argv[1:6]
 servers = sys.argv[6:]
+modes = os.environ["MODES"].split()
 names = {"ocha": "ocha-server", "node": "Node http + `ws`", "floor": "floor (one thread, direct writes)",
          "ocha-sse": "ocha-server, Server-Sent Events"}
 
@@ -194,13 +195,14 @@ def median(reports, *path):
 rows = {}
 for s in servers:
     reps = range(1, int(repeat) + 1)
-    lat = [load(s, "interval", i) for i in reps]
-    b2b = [load(s, "b2b", i) for i in reps]
+    lat = [load(s, "interval", i) for i in reps] if "interval" in modes else []
+    b2b = [load(s, "b2b", i) for i in reps] if "b2b" in modes else []
     lost = [get(r, "deliveries", "lost") for r in lat + b2b]
     rows[s] = {
         "rss": median(lat, "server", "rss_per_idle_conn_kib"),
         "rss_drained": median(b2b, "server", "rss_per_conn_drained_kib"),
         "cpu": median(lat, "server", "cpu_us_per_delivery"),
+        "connect": median(lat + b2b, "server", "cpu_us_per_connect"),
         "all_p50": median(lat, "deliveries", "all_clients_ms", "p50"),
         "p99": median(lat, "deliveries", "latency_ms", "p99"),
         "rate": median(b2b, "deliveries", "deliveries_per_s"),
@@ -226,19 +228,54 @@ print(f"{clients} clients, {events} events ({interval_ms} ms apart for latency, 
       f"{runs} per mode, each on a fresh server; {os.cpu_count()} cores, Linux {platform.release()}; "
       f"server CPU and RSS from /proc, loadgen (one thread) on the same machine.\n")
 print("| server | RSS/idle conn (KiB) | RSS/conn after b2b drained (KiB) | CPU/delivery (µs) | CPU vs Node "
-      "| all-clients p50 (ms) | p99 latency (ms) | deliveries/s (b2b) | b2b vs Node | lost |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+      "| all-clients p50 (ms) | p99 latency (ms) | deliveries/s (b2b) | b2b vs Node "
+      "| CPU/connect (µs) | connect vs Node | lost |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for s in servers:
     r = rows[s]
     print(f"| {names.get(s, s)} | {fmt(r['rss'], 2)} | {fmt(r['rss_drained'], 2)} "
           f"| {fmt(r['cpu'], 2)} | {ratio(r['cpu'], node.get('cpu'))} "
           f"| {fmt(r['all_p50'], 1)} | {fmt(r['p99'], 1)} | {fmt(r['rate'], 0)} "
-          f"| {ratio(r['rate'], node.get('rate'))} | {'n/a' if r['lost'] is None else r['lost']} |")
+          f"| {ratio(r['rate'], node.get('rate'))} | {fmt(r['connect'], 1)} | {ratio(r['connect'], node.get('connect'))} "
+          f"| {'n/a' if r['lost'] is None else r['lost']} |")
 if "ocha" in rows and "ocha-sse" in rows:
     ws, sse = rows["ocha"], rows["ocha-sse"]
     print(f"| SSE / WebSocket | {ratio(sse['rss'], ws['rss'])} | {ratio(sse['rss_drained'], ws['rss_drained'])} "
           f"| {ratio(sse['cpu'], ws['cpu'])} | | {ratio(sse['all_p50'], ws['all_p50'])} "
-          f"| {ratio(sse['p99'], ws['p99'])} | {ratio(sse['rate'], ws['rate'])} | | |")
+          f"| {ratio(sse['p99'], ws['p99'])} | {ratio(sse['rate'], ws['rate'])} | "
+          f"| {ratio(sse['connect'], ws['connect'])} | | |")
+# Issue 11's targets, where the servers they compare with took part.
+floor = rows.get("floor", {})
+ocha, sse = rows.get("ocha"), rows.get("ocha-sse")
+targets = []
+def target(name, value, unit, ref_name, ref, bound, at_most=True):
+    if value is None:
+        return
+    r = None if ref is None else (value / ref if ref else None)
+    measured = r if ref is not None else value
+    met = None if measured is None else (measured <= bound if at_most else measured >= bound)
+    shown_ref = "" if ref is None else f"{ref_name} {fmt(ref, 2)}"
+    goal = (f"≤ {bound}" if at_most else f"≥ {bound}") + ("×" if ref is not None else f" {unit}")
+    targets.append(f"| {name} | {fmt(value, 2)} {unit} | {shown_ref} | {ratio(value, ref) if ref is not None else ''} "
+                   f"| {goal} | {'n/a' if met is None else ('yes' if met else 'no')} |")
+if ocha:
+    target("RSS per idle connection", ocha["rss"], "KiB", "", None, 1.0)
+    target("RSS per connection after b2b drained", ocha["rss_drained"], "KiB", "idle", ocha["rss"], 1.1)
+    if floor:
+        target("CPU per delivery", ocha["cpu"], "µs", "floor", floor.get("cpu"), 1.15)
+        target("all-clients p50", ocha["all_p50"], "ms", "floor", floor.get("all_p50"), 1.1)
+        target("deliveries/s back to back", ocha["rate"], "/s", "floor", floor.get("rate"), 1.0, at_most=False)
+    if node:
+        target("p99 latency", ocha["p99"], "ms", "Node", node.get("p99"), 1.0)
+        target("CPU to accept and greet", ocha["connect"], "µs", "Node", node.get("connect"), 0.25)
+    if sse:
+        target("SSE RSS per idle connection", sse["rss"], "KiB", "WebSocket", ocha["rss"], 1.3)
+        target("SSE CPU per delivery", sse["cpu"], "µs", "WebSocket", ocha["cpu"], 1.3)
+if targets:
+    print()
+    print("| target | ocha-server | compared with | ratio | goal | met |")
+    print("|---|---:|---:|---:|---:|---|")
+    print("\n".join(targets))
 slow = [s for s in servers if rows[s]["slow_requested"]]
 if slow:
     print()

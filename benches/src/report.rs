@@ -107,6 +107,11 @@ pub(crate) struct ServerReport {
     pub(crate) cpu_us_per_delivery: Option<f64>,
     /// Per successful POST: what one publish costs, however many it reaches.
     pub(crate) cpu_us_per_publish: Option<f64>,
+    /// From the first connection attempt until every client was greeted
+    /// (or failed): accepting, the handshake and the welcome.
+    pub(crate) connect_cpu_ms: f64,
+    /// Per client connected.
+    pub(crate) cpu_us_per_connect: Option<f64>,
 }
 
 /// What became of the clients that never read (`--slow-clients`).
@@ -251,6 +256,11 @@ impl Report {
                     s.cpu_ms,
                     us(s.cpu_us_per_delivery),
                     us(s.cpu_us_per_publish)
+                );
+                println!(
+                    "  server CPU       {:.1} ms to accept and greet = {} per client",
+                    s.connect_cpu_ms,
+                    us(s.cpu_us_per_connect)
                 );
             }
             None => match &self.server_error {

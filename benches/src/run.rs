@@ -113,6 +113,7 @@ pub async fn run(args: Args) -> Result<Report, String> {
     );
     let overflows_before = procfs::listen_overflows().ok();
     let gate = Arc::new(Semaphore::new(args.connect_concurrency));
+    let connect_cpu_before = probe.cpu();
     let connect_start = shared.now_us();
     for client in 0..args.clients {
         let node = &nodes[args.node_of(client)];
@@ -127,6 +128,8 @@ pub async fn run(args: Args) -> Result<Report, String> {
     while shared.connect.settled.load(Relaxed) < args.clients as u64 {
         sleep(Duration::from_millis(10)).await;
     }
+    // Taken as soon as the last client settled: accepting and greeting.
+    let connect_cpu_after = probe.cpu();
     let c = &shared.connect;
     let connect_s = f64::from(c.last_us.load(Relaxed).saturating_sub(connect_start)) / 1e6;
     let connected = c.ok.load(Relaxed);
@@ -250,11 +253,22 @@ pub async fn run(args: Args) -> Result<Report, String> {
         drained_memory,
         cpu_before,
         cpu_after,
+        connect_cpu_before.zip(connect_cpu_after),
     ) {
-        (Some(pid), Some(base), Some(conn), Some(end), Some(drained), Some(cpu0), Some(cpu1)) => {
+        (
+            Some(pid),
+            Some(base),
+            Some(conn),
+            Some(end),
+            Some(drained),
+            Some(cpu0),
+            Some(cpu1),
+            Some((connect0, connect1)),
+        ) => {
             let per_client =
                 |kib: u64| (kib as f64 - base.rss_kib as f64) / args.clients.max(1) as f64;
             let cpu = cpu1.saturating_sub(cpu0);
+            let connect_cpu = connect1.saturating_sub(connect0);
             Some(ServerReport {
                 pid,
                 rss_baseline_kib: base.rss_kib,
@@ -267,6 +281,8 @@ pub async fn run(args: Args) -> Result<Report, String> {
                 cpu_ms: cpu.as_secs_f64() * 1e3,
                 cpu_us_per_delivery: cpu_us_per(cpu, deliveries.received),
                 cpu_us_per_publish: cpu_us_per(cpu, created as u64),
+                connect_cpu_ms: connect_cpu.as_secs_f64() * 1e3,
+                cpu_us_per_connect: cpu_us_per(connect_cpu, connected),
             })
         }
         _ => None,
