@@ -34,9 +34,6 @@ const MAX_WRITE_SLICES: usize = 64;
 /// Pongs owed at once; past this the oldest is dropped, as RFC 6455 (5.5.3)
 /// allows, so a client that pings without reading cannot pile them up.
 const MAX_OWED_PONGS: usize = 16;
-/// Frame slots a connection keeps once it has sent everything: a burst
-/// grows the queues, and they shrink back here afterwards.
-const KEPT_SLOTS: usize = 8;
 
 /// The application at work on one client message. Boxed, and only while
 /// it works: most connections never have one.
@@ -96,8 +93,9 @@ pub(crate) struct Connection<IO> {
     inbound: Inbound,
     /// Frames taken from the outbox; the front one may be partly written.
     sending: VecDeque<Bytes>,
-    /// Bytes of `sending`'s front already written.
-    written: usize,
+    /// Bytes of `sending`'s front already written (a frame is at most
+    /// `max_message_size` plus its header, far below 4 GiB).
+    written: u32,
     /// Pongs to send once `sending` is empty.
     pongs: Vec<Bytes>,
     /// The application's handling of the last message; reading waits for
@@ -105,7 +103,9 @@ pub(crate) struct Connection<IO> {
     handling: Option<Box<Handling>>,
     /// False once the inbound stream is broken and cannot be parsed further.
     reading: bool,
-    closing: Option<Closing>,
+    /// Boxed: every field here costs each idle connection, and only a
+    /// closing one needs this.
+    closing: Option<Box<Closing>>,
 }
 
 /// The close handshake in progress: our close frame is the last of `sending`.
@@ -256,13 +256,13 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
         }
         self.pongs.clear();
         self.sending.push_back(close_frame);
-        self.closing = Some(Closing {
+        self.closing = Some(Box::new(Closing {
             deadline: Box::pin(tokio::time::sleep(
                 self.registration.registry().config.close_timeout,
             )),
             await_peer,
             sent: false,
-        });
+        }));
     }
 
     /// Writes `sending`, several frames per call when the client is behind.
@@ -270,7 +270,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
         while !self.sending.is_empty() {
             let mut slices = [IoSlice::new(&[]); MAX_WRITE_SLICES];
             for (i, (slice, frame)) in slices.iter_mut().zip(&self.sending).enumerate() {
-                let skip = if i == 0 { self.written } else { 0 };
+                let skip = if i == 0 { self.written as usize } else { 0 };
                 *slice = IoSlice::new(&frame[skip..]);
             }
             let count = self.sending.len().min(MAX_WRITE_SLICES);
@@ -279,9 +279,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
                 return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
             }
             while let Some(front) = self.sending.front() {
-                let left = front.len() - self.written;
+                let left = front.len() - self.written as usize;
                 if n < left {
-                    self.written += n;
+                    self.written += n as u32;
                     break;
                 }
                 n -= left;
@@ -289,11 +289,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
                 self.sending.pop_front();
             }
         }
-        if self.sending.capacity() > KEPT_SLOTS {
-            // The burst is sent; give back what it grew (the outbox gets
-            // this buffer at the next take).
-            self.sending.shrink_to(KEPT_SLOTS);
-        }
+        // All sent: an idle connection keeps no buffer (the outbox brings
+        // one with the next event), and a burst gives back what it grew.
+        self.sending = VecDeque::new();
         Pin::new(&mut self.io).poll_flush(cx)
     }
 

@@ -125,22 +125,27 @@ impl Hub {
                 Ok(upgraded) => upgraded,
                 Err(error) => return tracing::debug!(%error, "WebSocket upgrade failed"),
             };
+            // The connection runs on a task of its own, sized to it alone:
+            // awaited here, it would carry this future's upgrade state (a
+            // few hundred bytes more per connection) for its whole life.
             // Over a plain TCP socket, drive it directly: no boxed I/O, and
             // no Nagle delay holding back small event frames.
             match upgraded.downcast::<TokioIo<TcpStream>>() {
                 Ok(parts) => {
                     let stream = parts.io.into_inner();
-                    tune(&stream, &registry.config);
+                    if !registry.sockets_tuned.load(Ordering::Relaxed) {
+                        tune(&stream, &registry.config);
+                    }
                     let mut connection = Connection::new(registration, first, stream);
                     // Frames the client sent right behind its handshake. The
                     // bytes are a view of hyper's whole read buffer: let go.
                     connection.receive(&parts.read_buf);
                     drop(parts.read_buf);
-                    connection.await
+                    tokio::spawn(connection);
                 }
                 Err(upgraded) => {
                     warn_untuned(&registry);
-                    Connection::new(registration, first, TokioIo::new(upgraded)).await
+                    tokio::spawn(Connection::new(registration, first, TokioIo::new(upgraded)));
                 }
             }
         });
