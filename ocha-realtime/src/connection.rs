@@ -19,7 +19,7 @@ use tokio::time::Sleep;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::frame::{self, Inbound, InboundError, Received};
-use crate::outbox::{CloseReason, Outbox};
+use crate::outbox::{CloseReason, Outbox, SharedSocket};
 use crate::registry::{Registry, Slot};
 use crate::wire::Transport;
 use crate::{Admission, ConnectionId};
@@ -76,6 +76,12 @@ impl Registration {
 
     pub(crate) fn outbox(&self) -> &Outbox {
         &self.outbox
+    }
+
+    /// Hands the connection's socket to its outbox; the connection reads
+    /// and writes it through what this returns.
+    pub(crate) fn attach(&self, socket: tokio::net::TcpStream) -> SharedSocket {
+        self.outbox.attach(socket)
     }
 }
 
@@ -246,14 +252,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
     fn start_close(&mut self, close_frame: Bytes, flush: bool, await_peer: bool) {
         // Nothing more is queued for a closing connection, nor counted as
         // delivered to it.
-        if flush {
-            self.registration
-                .outbox
-                .refuse_more(Some(&mut self.sending));
-        } else {
-            self.registration.outbox.refuse_more(None);
+        if !flush {
             self.sending.truncate(usize::from(self.written > 0));
         }
+        self.registration
+            .outbox
+            .refuse_more(&mut self.sending, &mut self.written, flush);
         self.pongs.clear();
         self.sending.push_back(close_frame);
         self.closing = Some(Box::new(Closing {
@@ -301,12 +305,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
             return Poll::Ready(());
         }
         let closing = loop {
-            if self.sending.is_empty() {
-                // Owed pongs go out ahead of the events queued since.
-                self.sending.extend(self.pongs.drain(..));
-            }
             if self.closing.is_none() {
-                match self.registration.outbox.poll_take(&mut self.sending, cx) {
+                let taking = self.sending.is_empty();
+                let owes = !self.pongs.is_empty();
+                let outbox = &self.registration.outbox;
+                match outbox.poll_take(&mut self.sending, &mut self.written, owes, cx) {
                     // `Closing` is set only once `self.closing` is.
                     None | Some(CloseReason::Closing) => {}
                     Some(CloseReason::HeartbeatTimeout) => return Poll::Ready(()),
@@ -318,6 +321,14 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
                         self.start_close(slow_consumer_close(), false, true);
                     }
                     Some(CloseReason::Requested(close)) => self.start_close(*close, true, true),
+                }
+                if taking && !self.pongs.is_empty() {
+                    // Owed pongs go out ahead of the events queued since,
+                    // behind the frame a direct write began, if any.
+                    let at = usize::from(self.written > 0);
+                    for (i, pong) in self.pongs.drain(..).enumerate() {
+                        self.sending.insert(at + i, pong);
+                    }
                 }
             }
             // The outbox is empty and will wake this task for its next frame.

@@ -89,7 +89,10 @@ impl Body for EventStream {
             if this.ending {
                 return Poll::Ready(None);
             }
-            match this.registration.outbox().poll_take(&mut this.sending, cx) {
+            // No direct writes (it has no socket), so nothing is ever begun.
+            let mut begun = 0;
+            let outbox = this.registration.outbox();
+            match outbox.poll_take(&mut this.sending, &mut begun, false, cx) {
                 None => {}
                 // Its frames were dropped; the client resumes when it
                 // reconnects.

@@ -29,7 +29,7 @@ impl Group {
     pub(crate) fn push(&self, wire: &Wire, capacity: usize, wake: &mut Vec<Waker>) -> (usize, u64) {
         let (mut reached, mut overflowed) = (0, 0);
         for outbox in self.members.values() {
-            match outbox.push_wire(wire, capacity, wake) {
+            match outbox.push_wire(wire, capacity, true, wake) {
                 Pushed::Queued => reached += 1,
                 Pushed::Overflowed => overflowed += 1,
                 Pushed::Refused => {}

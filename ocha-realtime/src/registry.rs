@@ -74,6 +74,28 @@ pub struct Stats {
     pub event_streams_accepted: u64,
 }
 
+/// The fan-out's own state, kept from one publish to the next.
+#[derive(Debug, Default)]
+struct Publishing {
+    /// The wakers to call once each shard is unlocked.
+    wake: Vec<Waker>,
+    /// When the last fan-out ended, and how long it took.
+    last: Option<(std::time::Instant, Duration)>,
+}
+
+impl Publishing {
+    /// Whether a fan-out starting `now` writes to idle connections itself.
+    ///
+    /// It does, unless events come faster than the last fan-out took: then
+    /// each connection's task writes what piled up in one system call, on
+    /// every worker thread, instead of this thread writing every event to
+    /// every socket alone.
+    fn writes_directly(&self, now: std::time::Instant) -> bool {
+        self.last
+            .is_none_or(|(end, took)| now.saturating_duration_since(end) >= took)
+    }
+}
+
 /// An open connection and the groups it is in.
 #[derive(Debug)]
 struct Member {
@@ -130,9 +152,8 @@ pub(crate) struct Registry {
     /// Each user's connections, as a group named after the user.
     users: Groups,
     /// Held through a whole fan-out, so that concurrent publishes reach
-    /// every connection in the same order; holds the wakers to call after
-    /// each shard is unlocked.
-    publishing: Mutex<Vec<Waker>>,
+    /// every connection in the same order.
+    publishing: Mutex<Publishing>,
     next_id: AtomicU64,
     /// Connection slots in use; see [`Slot`].
     slots: AtomicUsize,
@@ -510,11 +531,14 @@ impl Registry {
     /// took it.
     pub(crate) fn publish(&self, wire: &Wire) -> usize {
         let capacity = self.config.outbound_capacity;
-        let mut wake = lock(&self.publishing);
+        let mut publishing = lock(&self.publishing);
+        let start = std::time::Instant::now();
+        let direct = publishing.writes_directly(start);
+        let wake = &mut publishing.wake;
         let (mut reached, mut overflowed) = (0, 0);
         for shard in self.shards.iter() {
             for member in lock(shard).values() {
-                match member.outbox.push_wire(wire, capacity, &mut wake) {
+                match member.outbox.push_wire(wire, capacity, direct, wake) {
                     Pushed::Queued => reached += 1,
                     Pushed::Overflowed => overflowed += 1,
                     Pushed::Refused => {}
@@ -524,6 +548,8 @@ impl Registry {
             // this shard need not wait for the wake-ups.
             wake.drain(..).for_each(Waker::wake);
         }
+        let end = std::time::Instant::now();
+        publishing.last = Some((end, end - start));
         self.count_published(reached, overflowed)
     }
 
@@ -602,7 +628,7 @@ impl Registry {
             return false;
         };
         let mut wake = Vec::new();
-        let pushed = outbox.push_wire(wire, self.config.outbound_capacity, &mut wake);
+        let pushed = outbox.push_wire(wire, self.config.outbound_capacity, true, &mut wake);
         wake.into_iter().for_each(Waker::wake);
         match pushed {
             Pushed::Queued => true,
@@ -780,7 +806,7 @@ async fn heartbeat(registry: Weak<Registry>) {
             // A client waiting on the handler was seen "in the future".
             if now.saturating_sub(outbox.last_seen()) >= silence {
                 timeouts += u64::from(outbox.close(CloseReason::HeartbeatTimeout, wake));
-            } else if outbox.push(&ping, capacity, wake) == Pushed::Overflowed {
+            } else if outbox.push(&ping, capacity, true, wake) == Pushed::Overflowed {
                 overflowed += 1;
             }
         });
