@@ -70,9 +70,13 @@ async fn serve() -> ExitCode {
         Ok(shutdown) => shutdown,
         Err(error) => return fail(&format!("cannot install signal handlers: {error}")),
     };
-    match server::serve(config, shutdown).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => fail(&error),
+    // On a worker thread rather than `main`'s: each accepted connection's
+    // task then starts on the worker that accepted it, instead of waking
+    // one from outside the runtime.
+    match tokio::spawn(server::serve(config, shutdown)).await {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(error)) => fail(&error),
+        Err(panic) => std::panic::resume_unwind(panic.into_panic()),
     }
 }
 

@@ -200,6 +200,11 @@ pub async fn run_with(
         "HTTP connection limit"
     );
     debug!(?http, "HTTP limits");
+    // Any connection may become an event stream, whose slow reader must not
+    // hide in megabytes of kernel buffer; the cap only slows responses far
+    // larger than this API's. Accepted sockets inherit the options.
+    #[cfg(target_os = "linux")]
+    app.hub().tune_listener(&listener);
     let mut acceptor = Acceptor::new(listener, max_connections);
     let serving = Arc::new(Serving {
         app: app.clone(),
@@ -475,9 +480,8 @@ fn spawn_connection(
     serving: Arc<Serving>,
     mut stop: watch::Receiver<()>,
 ) {
-    // Any connection may become an event stream, whose slow reader must not
-    // hide in megabytes of kernel buffer; the cap only slows responses far
-    // larger than this API's.
+    // Linux sockets have their options from the listener (see `run_with`).
+    #[cfg(not(target_os = "linux"))]
     serving.app.hub().tune(&stream);
     let client = ClientAddress::of(peer.ip());
     // Held while hyper serves the connection: until it closes, hands the
