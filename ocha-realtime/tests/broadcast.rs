@@ -15,6 +15,7 @@ use ocha_realtime::{Admission, Config, Hub, OCHA_WELCOME};
 use support::{
     assert_quiet, connect, duplex_client, next, next_text, product, product_name, serve,
 };
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
@@ -293,4 +294,57 @@ fn connects_and_disconnects_do_not_wait_for_a_fan_out() {
         waited.is_ok(),
         "a connect and a disconnect waited for the fan-out"
     );
+}
+
+/// The fan-out writes events straight to an idle connection's socket; once
+/// the socket is full one of them goes in part, and the connection must
+/// finish that frame before anything else, pongs included. One thread: the
+/// connection's task runs only after each ping and event are in.
+#[tokio::test]
+async fn a_frame_the_socket_took_in_part_is_finished_before_the_next() {
+    const EVENTS: usize = 300;
+    let (hub, addr) = serve(Config::default().outbound_capacity(EVENTS)).await;
+    // A small receive window and no reading: the server's socket fills up.
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut client = socket.connect(addr).await.unwrap();
+    client
+        .write_all(support::upgrade_request("").as_bytes())
+        .await
+        .unwrap();
+    support::read_until(&mut client, OCHA_WELCOME.as_bytes()).await;
+
+    for i in 0..EVENTS {
+        // The connection is idle, so the fan-out writes to its socket, and
+        // the ping waiting there is answered once the task runs, after.
+        client
+            .write_all(&support::client_frame(0x89, format!("ping {i}").as_bytes()))
+            .await
+            .unwrap();
+        assert_eq!(hub.publish(&product(&format!("Tea {i:03}"), 1000)), 1);
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+
+    let mut client = tokio_tungstenite::WebSocketStream::from_raw_socket(
+        client,
+        tokio_tungstenite::tungstenite::protocol::Role::Client,
+        None,
+    )
+    .await;
+    let (mut events, mut pongs) = (0, 0);
+    while events < EVENTS {
+        match next(&mut client).await {
+            Message::Text(text) => {
+                assert_eq!(product_name(&text), format!("Tea {events:03}"));
+                events += 1;
+            }
+            Message::Pong(payload) => {
+                assert!(payload.starts_with(b"ping "), "{payload:?}");
+                pongs += 1;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(pongs > 0, "no pong came back");
+    assert_eq!(hub.stats().slow_consumer_closes, 0);
 }
