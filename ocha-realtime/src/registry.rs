@@ -86,13 +86,14 @@ struct Publishing {
 impl Publishing {
     /// Whether a fan-out starting `now` writes to idle connections itself.
     ///
-    /// It does, unless events come faster than the last fan-out took: then
-    /// each connection's task writes what piled up in one system call, on
-    /// every worker thread, instead of this thread writing every event to
-    /// every socket alone.
+    /// It does, unless this event was waiting while the last fan-out ran
+    /// (it starts within a quarter of that fan-out's time after its end):
+    /// events then come faster than fan-outs, and each connection's task
+    /// writes what piled up in one system call, on every worker thread,
+    /// instead of this thread writing every event to every socket alone.
     fn writes_directly(&self, now: std::time::Instant) -> bool {
         self.last
-            .is_none_or(|(end, took)| now.saturating_duration_since(end) >= took)
+            .is_none_or(|(end, took)| now.saturating_duration_since(end) >= took / 4)
     }
 }
 
