@@ -12,23 +12,21 @@
 //! A client that never reads again keeps its socket, and its listing, until
 //! the server drops the connection: hyper stops pulling from a body while
 //! its write buffer is full. Servers bound that with a write timeout.
+//!
+//! Comment lines keep idle streams busy: the hub's heartbeat queues them,
+//! so a stream needs no timer of its own.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
-use tokio::time::{Instant, Sleep};
 
 use crate::connection::Registration;
 use crate::outbox::CloseReason;
-
-/// A comment line: ignored by clients, it keeps the stream busy.
-const HEARTBEAT: &[u8] = b":\n";
+use crate::wire::HEARTBEAT;
 
 /// The body of a Server-Sent Events response from
 /// [`Hub::event_stream`](crate::Hub::event_stream): the hub's events for
@@ -37,11 +35,6 @@ pub struct EventStream {
     registration: Registration,
     /// What was taken from the outbox and is not yet handed to hyper.
     sending: VecDeque<Bytes>,
-    heartbeat: Pin<Box<Sleep>>,
-    interval: Duration,
-    /// When the stream last sent something: the heartbeat is due an
-    /// interval after. Re-arming the timer per event would cost more.
-    last_sent: Instant,
     /// The hub closed this connection: end once `sending` is empty.
     ending: bool,
 }
@@ -56,17 +49,10 @@ impl std::fmt::Debug for EventStream {
 }
 
 impl EventStream {
-    pub(crate) fn new(
-        registration: Registration,
-        first: VecDeque<Bytes>,
-        interval: Duration,
-    ) -> EventStream {
+    pub(crate) fn new(registration: Registration, first: VecDeque<Bytes>) -> EventStream {
         EventStream {
             registration,
             sending: first,
-            heartbeat: Box::pin(tokio::time::sleep(interval)),
-            interval,
-            last_sent: Instant::now(),
             ending: false,
         }
     }
@@ -83,13 +69,12 @@ impl Body for EventStream {
         let this = &mut *self;
         loop {
             if let Some(bytes) = this.sending.pop_front() {
-                this.last_sent = Instant::now();
                 return Poll::Ready(Some(Ok(Frame::data(bytes))));
             }
             if this.ending {
                 return Poll::Ready(None);
             }
-            match this.registration.outbox().poll_take(&mut this.sending, cx) {
+            match poll_take(&this.registration, &mut this.sending, cx) {
                 None => {}
                 // Its frames were dropped; the client resumes when it
                 // reconnects.
@@ -98,27 +83,33 @@ impl Body for EventStream {
                 // goes first. (A close frame means nothing here.)
                 Some(_) => this.ending = true,
             }
-            if !this.sending.is_empty() || this.ending {
-                continue;
-            }
-            if this.heartbeat.as_mut().poll(cx).is_pending() {
+            if this.sending.is_empty() && !this.ending {
                 return Poll::Pending;
             }
-            let due = this.last_sent + this.interval;
-            if due > Instant::now() {
-                // Events went out meanwhile: wait out the rest.
-                this.heartbeat.as_mut().reset(due);
-                continue;
-            }
-            this.last_sent = Instant::now();
-            this.heartbeat
-                .as_mut()
-                .reset(this.last_sent + this.interval);
-            return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(HEARTBEAT)))));
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         SizeHint::default()
     }
+}
+
+/// Takes what the outbox of an event stream holds, as `Outbox::poll_take`
+/// does, and notes when it took an event rather than heartbeats only: the
+/// hub's heartbeat skips streams that sent one lately.
+pub(crate) fn poll_take(
+    registration: &Registration,
+    sending: &mut VecDeque<Bytes>,
+    cx: &Context<'_>,
+) -> Option<CloseReason> {
+    let held = sending.len();
+    let close = registration.outbox().poll_take(sending, cx);
+    if sending
+        .iter()
+        .skip(held)
+        .any(|frame| frame[..] != *HEARTBEAT)
+    {
+        registration.outbox().seen(registration.registry().now());
+    }
+    close
 }

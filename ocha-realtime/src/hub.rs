@@ -173,8 +173,8 @@ impl Hub {
     /// (`event:`), so `EventSource.onmessage` sees every event, as
     /// `WebSocket.onmessage` does. The stream opens with the welcome as a
     /// comment and the hub's position (which sets the client's last event
-    /// id without an event), and a comment line keeps it busy every
-    /// [`Config::sse_heartbeat_interval`].
+    /// id without an event), and comment lines keep it busy while it is
+    /// idle ([`Config::sse_heartbeat_interval`]).
     ///
     /// A client reconnecting with a `Last-Event-ID` header resumes after
     /// it, as with [`Admission::since`], unless `admission` says otherwise.
@@ -210,11 +210,7 @@ impl Hub {
         }
         let slot = Slot::acquire(&self.registry, admission.peer)?;
         let (registration, first) = Registration::new(slot, admission, Transport::EventStream);
-        let body = EventStream::new(
-            registration,
-            first,
-            self.registry.config.sse_heartbeat_interval,
-        );
+        let body = EventStream::new(registration, first);
         let mut response = Response::new(body);
         let headers = response.headers_mut();
         headers.insert(

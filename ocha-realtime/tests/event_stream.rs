@@ -1,6 +1,7 @@
 //! Server-Sent Events connections of a hub, over real sockets: a client
 //! that stops reading is closed as a slow consumer without holding up the
-//! others, and channels and sends reach SSE clients as WebSocket ones.
+//! others, channels and sends reach SSE clients as WebSocket ones, and
+//! idle streams get heartbeats.
 
 mod support;
 
@@ -127,4 +128,13 @@ async fn channels_and_sends_reach_streams_and_binary_frames_are_left_out() {
         Admission::anonymous(),
     );
     assert_eq!(refused.unwrap_err(), HandshakeError::Method);
+}
+
+#[tokio::test]
+async fn idle_streams_get_heartbeats_from_the_hub() {
+    let hub = Hub::new(Config::default().sse_heartbeat_interval(Duration::from_millis(50)));
+    let addr = serve(hub.clone()).await;
+    let mut stream = open(addr, "/").await;
+    // Comment lines, each a chunk of its own.
+    read_until(&mut stream, "2\r\n:\n\r\n2\r\n:\n\r\n").await;
 }
