@@ -185,7 +185,10 @@ impl Config {
     /// ([`Hub::event_stream`](crate::Hub::event_stream)) gets a comment
     /// line: it keeps proxies from closing the stream as idle, and finds
     /// clients that went away (SSE clients send nothing to be heard from).
-    /// Kept within [`MIN_HEARTBEAT`](Self::MIN_HEARTBEAT) and
+    /// The hub's heartbeat sends it, each interval, to the streams that
+    /// sent no event for as long, so the first comes one to two intervals
+    /// after a stream's last event. Kept within
+    /// [`MIN_HEARTBEAT`](Self::MIN_HEARTBEAT) and
     /// [`MAX_HEARTBEAT`](Self::MAX_HEARTBEAT).
     ///
     /// Default: 15 seconds.

@@ -70,7 +70,7 @@ impl Registration {
 }
 
 impl Registration {
-    fn registry(&self) -> &Arc<Registry> {
+    pub(crate) fn registry(&self) -> &Arc<Registry> {
         &self.slot.0
     }
 

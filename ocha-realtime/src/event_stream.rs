@@ -3,45 +3,56 @@
 //!
 //! It is a hub connection like any other (listed, in its channels, counted
 //! against `max_connections`, bounded by `outbound_capacity`, closed at
-//! shutdown), only encoded differently; hyper pulls from the body as the
-//! socket takes it, so a client that stops reading fills its outbox and is
-//! closed as a slow consumer: it takes nothing more, and the stream ends
-//! when hyper next pulls from it. Its `EventSource` then reconnects with
-//! the `Last-Event-ID` header and resumes from the history.
+//! shutdown), only encoded differently. Served over a [`HandoffIo`], it
+//! takes its socket once hyper has written the response head and writes
+//! the chunked body itself, on a task of its own (`chunked`); elsewhere
+//! hyper pulls from the body as the socket takes it. Either way a client
+//! that stops reading fills its outbox and is closed as a slow consumer;
+//! its `EventSource` then reconnects with the `Last-Event-ID` header and
+//! resumes from the history.
 //!
-//! A client that never reads again keeps its socket, and its listing, until
-//! the server drops the connection: hyper stops pulling from a body while
-//! its write buffer is full. Servers bound that with a write timeout.
+//! On its own socket, a stream the hub closes lets the socket go: a slow
+//! consumer's at once, its body cut short; any other once the rest of its
+//! body is out, or after `close_timeout`. Pulled by hyper, a stream whose
+//! client never
+//! reads again keeps its socket, and its listing, until the server drops
+//! the connection: hyper stops pulling from a body while its write buffer
+//! is full. Servers bound that with a write timeout.
+//!
+//! Comment lines keep idle streams busy: the hub's heartbeat queues them,
+//! so a stream needs no timer of its own.
+//!
+//! [`HandoffIo`]: crate::HandoffIo
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
-use std::time::Duration;
+use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
-use tokio::time::{Instant, Sleep};
 
+use crate::chunked::ChunkedStream;
 use crate::connection::Registration;
+use crate::handoff::Claim;
 use crate::outbox::CloseReason;
-
-/// A comment line: ignored by clients, it keeps the stream busy.
-const HEARTBEAT: &[u8] = b":\n";
+use crate::wire::HEARTBEAT;
 
 /// The body of a Server-Sent Events response from
 /// [`Hub::event_stream`](crate::Hub::event_stream): the hub's events for
 /// one client, as long as the client keeps the response open.
+///
+/// Served over a [`HandoffIo`](crate::HandoffIo), it ends as soon as hyper
+/// has written the response head, and the stream goes on over the socket,
+/// without hyper.
 pub struct EventStream {
-    registration: Registration,
+    /// `None` once the stream runs on a socket of its own.
+    registration: Option<Registration>,
     /// What was taken from the outbox and is not yet handed to hyper.
     sending: VecDeque<Bytes>,
-    heartbeat: Pin<Box<Sleep>>,
-    interval: Duration,
-    /// When the stream last sent something: the heartbeat is due an
-    /// interval after. Re-arming the timer per event would cost more.
-    last_sent: Instant,
+    /// The connection's socket, to take once the response head is out;
+    /// `None` when hyper pulls the events.
+    handoff: Option<Claim>,
     /// The hub closed this connection: end once `sending` is empty.
     ending: bool,
 }
@@ -50,6 +61,7 @@ impl std::fmt::Debug for EventStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EventStream")
             .field("queued", &self.sending.len())
+            .field("handoff", &self.handoff.is_some())
             .field("ending", &self.ending)
             .finish_non_exhaustive()
     }
@@ -59,14 +71,12 @@ impl EventStream {
     pub(crate) fn new(
         registration: Registration,
         first: VecDeque<Bytes>,
-        interval: Duration,
+        handoff: Option<Claim>,
     ) -> EventStream {
         EventStream {
-            registration,
+            registration: Some(registration),
             sending: first,
-            heartbeat: Box::pin(tokio::time::sleep(interval)),
-            interval,
-            last_sent: Instant::now(),
+            handoff,
             ending: false,
         }
     }
@@ -81,18 +91,26 @@ impl Body for EventStream {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         let this = &mut *self;
+        if let Some(handoff) = &this.handoff {
+            // Nothing goes to hyper, so that it flushes the head alone.
+            let socket = ready!(handoff.poll_take(cx));
+            this.handoff = None;
+            if let Some(registration) = this.registration.take() {
+                ChunkedStream::spawn(registration, std::mem::take(&mut this.sending), socket);
+            }
+        }
+        let Some(registration) = &this.registration else {
+            // hyper's last chunk goes nowhere: the socket is gone.
+            return Poll::Ready(None);
+        };
         loop {
             if let Some(bytes) = this.sending.pop_front() {
-                this.last_sent = Instant::now();
                 return Poll::Ready(Some(Ok(Frame::data(bytes))));
             }
             if this.ending {
                 return Poll::Ready(None);
             }
-            // No direct writes (it has no socket), so nothing is ever begun.
-            let mut begun = 0;
-            let outbox = this.registration.outbox();
-            match outbox.poll_take(&mut this.sending, &mut begun, false, cx) {
+            match poll_take(registration, &mut this.sending, cx) {
                 None => {}
                 // Its frames were dropped; the client resumes when it
                 // reconnects.
@@ -101,27 +119,38 @@ impl Body for EventStream {
                 // goes first. (A close frame means nothing here.)
                 Some(_) => this.ending = true,
             }
-            if !this.sending.is_empty() || this.ending {
-                continue;
-            }
-            if this.heartbeat.as_mut().poll(cx).is_pending() {
+            if this.sending.is_empty() && !this.ending {
                 return Poll::Pending;
             }
-            let due = this.last_sent + this.interval;
-            if due > Instant::now() {
-                // Events went out meanwhile: wait out the rest.
-                this.heartbeat.as_mut().reset(due);
-                continue;
-            }
-            this.last_sent = Instant::now();
-            this.heartbeat
-                .as_mut()
-                .reset(this.last_sent + this.interval);
-            return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(HEARTBEAT)))));
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         SizeHint::default()
     }
+}
+
+/// Takes what the outbox of an event stream holds, as `Outbox::poll_take`
+/// does, and notes when it took an event rather than heartbeats only: the
+/// hub's heartbeat skips streams that sent one lately.
+pub(crate) fn poll_take(
+    registration: &Registration,
+    sending: &mut VecDeque<Bytes>,
+    cx: &Context<'_>,
+) -> Option<CloseReason> {
+    let held = sending.len();
+    // The hub never writes to an event stream's socket (it has none in the
+    // outbox), so no frame was begun.
+    let mut begun = 0;
+    let close = registration
+        .outbox()
+        .poll_take(sending, &mut begun, false, cx);
+    if sending
+        .iter()
+        .skip(held)
+        .any(|frame| frame[..] != *HEARTBEAT)
+    {
+        registration.outbox().seen(registration.registry().now());
+    }
+    close
 }

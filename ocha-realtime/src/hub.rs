@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Method, Request, Response};
+use http::{header, HeaderValue, Method, Request, Response, Version};
 use http_body_util::Full;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
@@ -19,8 +19,8 @@ use crate::history::Since;
 use crate::registry::{Registry, Slot, Stats, Target};
 use crate::wire::{Transport, Wire};
 use crate::{
-    frame, handshake, Admission, Config, ConnectionId, EventId, EventStream, Frame, HandshakeError,
-    HubBuilder,
+    frame, handshake, Admission, Config, ConnectionId, EventId, EventStream, Frame, Handoff,
+    HandoffIo, HandshakeError, HubBuilder,
 };
 
 /// A set of WebSocket connections: the hub greets them, sends them what you
@@ -130,25 +130,32 @@ impl Hub {
             // few hundred bytes more per connection) for its whole life.
             // Over a plain TCP socket, drive it directly: no boxed I/O, and
             // no Nagle delay holding back small event frames.
-            match upgraded.downcast::<TokioIo<TcpStream>>() {
-                Ok(parts) => {
-                    let stream = parts.io.into_inner();
-                    if !registry.sockets_tuned.load(Ordering::Relaxed) {
-                        tune(socket2::SockRef::from(&stream), &registry.config);
+            let (stream, read_buf) = match upgraded.downcast::<HandoffIo>() {
+                Ok(parts) => match parts.io.into_inner() {
+                    Some(stream) => (stream, parts.read_buf),
+                    // Taken by an event stream: such a connection is
+                    // never upgraded.
+                    None => return,
+                },
+                Err(upgraded) => match upgraded.downcast::<TokioIo<TcpStream>>() {
+                    Ok(parts) => (parts.io.into_inner(), parts.read_buf),
+                    Err(upgraded) => {
+                        warn_untuned(&registry);
+                        tokio::spawn(Connection::new(registration, first, TokioIo::new(upgraded)));
+                        return;
                     }
-                    let socket = registration.attach(stream);
-                    let mut connection = Connection::new(registration, first, socket);
-                    // Frames the client sent right behind its handshake. The
-                    // bytes are a view of hyper's whole read buffer: let go.
-                    connection.receive(&parts.read_buf);
-                    drop(parts.read_buf);
-                    tokio::spawn(connection);
-                }
-                Err(upgraded) => {
-                    warn_untuned(&registry);
-                    tokio::spawn(Connection::new(registration, first, TokioIo::new(upgraded)));
-                }
+                },
+            };
+            if !registry.sockets_tuned.load(Ordering::Relaxed) {
+                tune(socket2::SockRef::from(&stream), &registry.config);
             }
+            let socket = registration.attach(stream);
+            let mut connection = Connection::new(registration, first, socket);
+            // Frames the client sent right behind its handshake. The bytes
+            // are a view of hyper's whole read buffer: let go.
+            connection.receive(&read_buf);
+            drop(read_buf);
+            tokio::spawn(connection);
         });
         let mut response = handshake::switching_protocols(accept);
         if let Some(protocol) = protocol {
@@ -174,15 +181,19 @@ impl Hub {
     /// (`event:`), so `EventSource.onmessage` sees every event, as
     /// `WebSocket.onmessage` does. The stream opens with the welcome as a
     /// comment and the hub's position (which sets the client's last event
-    /// id without an event), and a comment line keeps it busy every
-    /// [`Config::sse_heartbeat_interval`].
+    /// id without an event), and comment lines keep it busy while it is
+    /// idle ([`Config::sse_heartbeat_interval`]).
     ///
     /// A client reconnecting with a `Last-Event-ID` header resumes after
     /// it, as with [`Admission::since`], unless `admission` says otherwise.
     ///
-    /// Tune the sockets this may be served on ([`tune`](Self::tune)): the
-    /// stream is an ordinary response, so the hub never sees its socket,
-    /// and a client that stops reading could otherwise hide megabytes of
+    /// Served over a [`HandoffIo`], with its [`Handoff`] in the request's
+    /// extensions, an HTTP/1.1 stream leaves hyper once the response head
+    /// is out: it runs on the socket, on a task of its own, and costs about
+    /// what a WebSocket does, rather than a whole HTTP connection with its
+    /// buffers. Otherwise the body streams through hyper until the client
+    /// hangs up; tune those sockets ([`tune`](Self::tune)), which the hub
+    /// never sees, or a client that stops reading could hide megabytes of
     /// events in kernel buffers before it is found slow.
     ///
     /// # Errors
@@ -211,11 +222,14 @@ impl Hub {
         }
         let slot = Slot::acquire(&self.registry, admission.peer)?;
         let (registration, first) = Registration::new(slot, admission, Transport::EventStream);
-        let body = EventStream::new(
-            registration,
-            first,
-            self.registry.config.sse_heartbeat_interval,
-        );
+        // hyper sends HTTP/1.0 clients a body that the end of the connection
+        // delimits, not chunks: it keeps those.
+        let handoff = request
+            .extensions()
+            .get::<Handoff>()
+            .filter(|_| request.version() == Version::HTTP_11)
+            .map(Handoff::claim);
+        let body = EventStream::new(registration, first, handoff);
         let mut response = Response::new(body);
         let headers = response.headers_mut();
         headers.insert(
@@ -442,16 +456,6 @@ impl Hub {
         tune(socket2::SockRef::from(socket), &self.registry.config);
     }
 
-    /// Sets the options of [`tune`](Self::tune) on a listening socket, once,
-    /// instead of on every socket it accepts: on Linux, accepted sockets
-    /// inherit them, which saves two system calls per connection. Elsewhere,
-    /// tune each accepted socket.
-    #[cfg(target_os = "linux")]
-    pub fn tune_listener(&self, listener: &tokio::net::TcpListener) {
-        self.registry.sockets_tuned.store(true, Ordering::Relaxed);
-        tune(socket2::SockRef::from(listener), &self.registry.config);
-    }
-
     /// The hub's counters now.
     pub fn stats(&self) -> Stats {
         self.registry.stats()
@@ -493,7 +497,7 @@ fn close_frame(code: u16, reason: &str) -> Result<Bytes, CloseError> {
 
 /// Socket options for an upgraded connection. Failing to set them costs
 /// latency or memory, not correctness, so errors are only logged.
-fn tune(socket: socket2::SockRef<'_>, config: &Config) {
+pub(crate) fn tune(socket: socket2::SockRef<'_>, config: &Config) {
     if let Err(error) = socket.set_tcp_nodelay(true) {
         tracing::debug!(%error, "cannot set TCP_NODELAY");
     }

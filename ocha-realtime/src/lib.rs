@@ -99,6 +99,9 @@
 //!   `redis` feature).
 //! - `handshake`: the opening handshake checks and [`HandshakeError`].
 //! - `connection`: one connection's task, a small hand-written future.
+//! - `event_stream`: [`EventStream`], a Server-Sent Events response;
+//!   `handoff`: [`HandoffIo`], which lets a stream take its socket from
+//!   hyper; `chunked`: such a stream's task, which writes the body itself.
 //! - `outbox`: each connection's queue of shared frames.
 //! - `frame`: encoding server frames and parsing client frames, built on
 //!   tungstenite's frame header; `utf8` checks text as it streams in.
@@ -116,6 +119,7 @@
 
 mod admission;
 mod builder;
+mod chunked;
 mod config;
 mod connection;
 mod event_stream;
@@ -124,6 +128,7 @@ mod frame;
 #[doc(hidden)]
 pub mod fuzzing;
 mod groups;
+mod handoff;
 mod handshake;
 mod history;
 mod hub;
@@ -139,6 +144,7 @@ pub use admission::Admission;
 pub use builder::HubBuilder;
 pub use config::{Config, OCHA_WELCOME};
 pub use event_stream::EventStream;
+pub use handoff::{Handoff, HandoffIo};
 pub use handshake::{is_websocket_upgrade, HandshakeError};
 pub use history::{EventId, ParseEventIdError, RESYNC};
 pub use hub::{CloseError, Hub};

@@ -57,7 +57,9 @@ pub(crate) enum Pushed {
 #[derive(Debug)]
 pub(crate) struct Outbox {
     queue: Mutex<Queue>,
-    /// When the client was last heard from, in milliseconds of the hub clock.
+    /// When the client was last heard from, in milliseconds of the hub clock;
+    /// for an event stream, whose client never speaks, when it last took an
+    /// event to send (see `event_stream::poll_take`).
     last_seen: AtomicU64,
     transport: Transport,
     /// The connection's socket, once it has one and when it is a plain TCP

@@ -773,48 +773,97 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Pings every connection each interval and drops the ones that stayed
-/// silent for two. One task serves the whole hub, so connections need no
-/// timers of their own.
+/// Pings every WebSocket each `heartbeat_interval` and drops the ones that
+/// stayed silent for two; each `sse_heartbeat_interval`, sends a comment
+/// line to the event streams that sent nothing else for as long. One task
+/// serves the whole hub, so connections need no timers of their own.
 async fn heartbeat(registry: Weak<Registry>) {
-    let Some(interval) = registry
-        .upgrade()
-        .map(|registry| registry.config.heartbeat_interval)
-    else {
+    let Some((ping_interval, comment_interval)) = registry.upgrade().map(|registry| {
+        let config = &registry.config;
+        (config.heartbeat_interval, config.sse_heartbeat_interval)
+    }) else {
         return;
     };
-    // `Config` keeps the interval within bounds where neither panics.
-    let mut ticks = tokio::time::interval_at(Instant::now() + interval, interval);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut pings = ticks(ping_interval);
+    let mut comments = ticks(comment_interval);
     let ping = frame::ping();
-    let silence = u64::try_from(interval.saturating_mul(2).as_millis()).unwrap_or(u64::MAX);
+    let comment = Bytes::from_static(wire::HEARTBEAT);
     loop {
-        ticks.tick().await;
+        let transport = tokio::select! {
+            _ = pings.tick() => Transport::WebSocket,
+            _ = comments.tick() => Transport::EventStream,
+        };
         let Some(registry) = registry.upgrade() else {
             return;
         };
         if registry.is_shutting_down() {
             return;
         }
-        let now = registry.now();
-        let capacity = registry.config.outbound_capacity;
+        match transport {
+            Transport::WebSocket => registry.ping(&ping, ping_interval),
+            Transport::EventStream => registry.comment_quiet_streams(&comment, comment_interval),
+        }
+    }
+}
+
+/// Ticks each `interval`, the first an interval from now.
+fn ticks(interval: Duration) -> tokio::time::Interval {
+    // `Config` keeps the interval within bounds where neither panics.
+    let mut ticks = tokio::time::interval_at(Instant::now() + interval, interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks
+}
+
+/// `interval` in milliseconds of the registry clock.
+fn millis(interval: Duration) -> u64 {
+    u64::try_from(interval.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Registry {
+    /// Pings every WebSocket, and drops those silent for two `interval`s.
+    fn ping(&self, ping: &Bytes, interval: Duration) {
+        let silence = millis(interval.saturating_mul(2));
+        let now = self.now();
+        let capacity = self.config.outbound_capacity;
         let (mut timeouts, mut overflowed) = (0, 0);
-        registry.for_each(|outbox, wake| {
-            // An SSE client never speaks, and has heartbeats of its own.
+        self.for_each(|outbox, wake| {
+            // An SSE client never speaks: it gets comment lines instead.
             if outbox.transport() == Transport::EventStream {
                 return;
             }
             // A client waiting on the handler was seen "in the future".
             if now.saturating_sub(outbox.last_seen()) >= silence {
                 timeouts += u64::from(outbox.close(CloseReason::HeartbeatTimeout, wake));
-            } else if outbox.push(&ping, capacity, true, wake) == Pushed::Overflowed {
+            } else if outbox.push(ping, capacity, true, wake) == Pushed::Overflowed {
                 overflowed += 1;
             }
         });
-        registry
-            .heartbeat_timeouts
+        self.heartbeat_timeouts
             .fetch_add(timeouts, Ordering::Relaxed);
-        registry.count_slow(overflowed);
+        self.count_slow(overflowed);
+    }
+
+    /// Queues `comment` on every event stream that sent nothing but
+    /// comments for `interval`: it keeps proxies from closing the stream as
+    /// idle, and finds clients that went away.
+    fn comment_quiet_streams(&self, comment: &Bytes, interval: Duration) {
+        if self.event_streams.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let quiet = millis(interval);
+        let now = self.now();
+        let capacity = self.config.outbound_capacity;
+        let mut overflowed = 0;
+        self.for_each(|outbox, wake| {
+            // An event stream's `last_seen` is when it last sent an event.
+            if outbox.transport() == Transport::EventStream
+                && now.saturating_sub(outbox.last_seen()) >= quiet
+                && outbox.push(comment, capacity, true, wake) == Pushed::Overflowed
+            {
+                overflowed += 1;
+            }
+        });
+        self.count_slow(overflowed);
     }
 }
 

@@ -98,7 +98,10 @@ pub(crate) fn position(id: EventId) -> Bytes {
     Bytes::from(format!("id: {id}\n\n"))
 }
 
-/// An SSE comment, which clients ignore: for greetings and heartbeats.
+/// The empty SSE comment that keeps an idle stream busy.
+pub(crate) const HEARTBEAT: &[u8] = b":\n";
+
+/// An SSE comment, which clients ignore: for greetings.
 pub(crate) fn comment(text: &str) -> Bytes {
     let text: String = text.chars().filter(|c| !matches!(c, '\r' | '\n')).collect();
     Bytes::from(format!(": {text}\n"))

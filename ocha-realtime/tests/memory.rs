@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::Duration;
 
 use ocha_realtime::{Admission, Config, Hub, OCHA_WELCOME};
-use support::{connect_mute, eventually, product, read_until, serve};
-use tokio::io::AsyncReadExt;
+use support::{connect_mute, eventually, product, read_until, serve, serve_events, Io};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The system allocator, counting the bytes in use.
 struct Counting;
@@ -160,4 +160,57 @@ async fn come_and_go(hub: &Hub, count: usize) {
             connection.await.unwrap();
         }
     }
+}
+
+#[tokio::test]
+async fn an_idle_event_stream_holds_no_more_than_an_idle_websocket() {
+    let _alone = MEASURING.lock().await;
+    let hub = Hub::default();
+    // Event streams take their socket from hyper, as ocha-server's do.
+    let addr = serve_events(hub.clone(), Io::Handoff).await;
+    let upgrade = support::upgrade_request("");
+    let stream = "GET /events HTTP/1.1\r\nhost: test\r\naccept: text/event-stream\r\n\r\n";
+    // Warm-up: what the first connections of each kind grow for good.
+    for (request, greeting) in [(upgrade.as_str(), OCHA_WELCOME), (stream, "id: 0\n\n\r\n")] {
+        drop(held_per_client(&hub, addr, request, greeting).await);
+        eventually("the warm-up clients are gone", || {
+            hub.stats().connections == 0
+        })
+        .await;
+    }
+    let (websocket, _websockets) = held_per_client(&hub, addr, &upgrade, OCHA_WELCOME).await;
+    let (event_stream, _streams) = held_per_client(&hub, addr, stream, "id: 0\n\n\r\n").await;
+    eprintln!("idle: {websocket} bytes a WebSocket, {event_stream} bytes an event stream");
+    assert!(
+        event_stream <= websocket,
+        "an idle event stream holds {event_stream} bytes, a WebSocket {websocket}"
+    );
+}
+
+/// Bytes in use per client once 200 more clients, each sending `request`
+/// and greeted with `greeting`, are connected and idle; and the clients.
+async fn held_per_client(
+    hub: &Hub,
+    addr: std::net::SocketAddr,
+    request: &str,
+    greeting: &str,
+) -> (isize, Vec<tokio::net::TcpStream>) {
+    const CLIENTS: usize = 200;
+    let open = hub.stats().connections;
+    let before = IN_USE.load(Ordering::Relaxed);
+    let mut clients = Vec::with_capacity(CLIENTS);
+    for _ in 0..CLIENTS {
+        let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        client.write_all(request.as_bytes()).await.unwrap();
+        read_until(&mut client, greeting.as_bytes()).await;
+        clients.push(client);
+    }
+    eventually("all are connected", || {
+        hub.stats().connections == open + CLIENTS
+    })
+    .await;
+    // The tasks hyper served them on are over by now.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let held = (IN_USE.load(Ordering::Relaxed) - before) / CLIENTS as isize;
+    (held, clients)
 }

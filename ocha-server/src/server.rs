@@ -12,8 +12,10 @@
 //!   attempts, which clients retry. Refusing them instead would take a
 //!   descriptor and a response per refusal, the very things running out.
 //!   Clients already connected are served as before. A connection upgraded
-//!   to a WebSocket leaves this count for the hub's, `WS_MAX_CONNECTIONS`
-//!   and `MAX_CONNECTIONS_PER_IP` (429); one streaming a long response
+//!   to a WebSocket, or turned into an event stream, leaves this count for
+//!   the hub's, `WS_MAX_CONNECTIONS` and `MAX_CONNECTIONS_PER_IP` (429),
+//!   and leaves hyper too (an event stream once its response head is out:
+//!   see `ocha_realtime::HandoffIo`); one streaming another long response
 //!   stays in it while the response lasts.
 //! - **Headers.** A request line and headers must arrive within
 //!   `HEADER_TIMEOUT_SECS` of the connection being ready for them (hyper's
@@ -49,8 +51,8 @@ use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use ocha_realtime::Hub;
+use hyper_util::rt::TokioTimer;
+use ocha_realtime::{HandoffIo, Hub};
 use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -200,11 +202,6 @@ pub async fn run_with(
         "HTTP connection limit"
     );
     debug!(?http, "HTTP limits");
-    // Any connection may become an event stream, whose slow reader must not
-    // hide in megabytes of kernel buffer; the cap only slows responses far
-    // larger than this API's. Accepted sockets inherit the options.
-    #[cfg(target_os = "linux")]
-    app.hub().tune_listener(&listener);
     let mut acceptor = Acceptor::new(listener, max_connections);
     let serving = Arc::new(Serving {
         app: app.clone(),
@@ -480,8 +477,9 @@ fn spawn_connection(
     serving: Arc<Serving>,
     mut stop: watch::Receiver<()>,
 ) {
-    // Linux sockets have their options from the listener (see `run_with`).
-    #[cfg(not(target_os = "linux"))]
+    // Any connection may become an event stream, whose slow reader must not
+    // hide in megabytes of kernel buffer; the cap only slows responses far
+    // larger than this API's.
     serving.app.hub().tune(&stream);
     let client = ClientAddress::of(peer.ip());
     // Held while hyper serves the connection: until it closes, hands the
@@ -489,17 +487,21 @@ fn spawn_connection(
     let place = HttpPlace(Arc::new(std::sync::Mutex::new(Some(permit))));
     let app = serving.app.clone();
     let body_timeout = serving.body_timeout;
+    // An event stream takes the socket from hyper once its head is out.
+    let io = HandoffIo::new(stream);
+    let handoff = io.handoff();
     let service = service_fn(move |mut request: Request<Incoming>| {
         let app = app.clone();
         request.extensions_mut().insert(client);
         request.extensions_mut().insert(place.clone());
+        request.extensions_mut().insert(handoff.clone());
         let request = request.map(|body| TimedBody::new(body, body_timeout));
         async move { Ok::<_, Infallible>(handle_logged(&app, peer, request).await) }
     });
     tokio::spawn(async move {
         let mut connection = serving
             .builder
-            .serve_connection(TokioIo::new(stream), service)
+            .serve_connection(io, service)
             .with_upgrades();
         let result = tokio::select! {
             result = &mut connection => result,
@@ -515,9 +517,13 @@ fn spawn_connection(
             // open; it says nothing, but the client may be told.
             Err(error) if error.is_timeout() => {
                 if let Some(parts) = connection.into_parts() {
-                    if !parts.read_buf.is_empty() {
+                    // Reading a request, hyper still has the socket: no
+                    // event stream took it.
+                    if let (false, Some(stream)) =
+                        (parts.read_buf.is_empty(), parts.io.into_inner())
+                    {
                         debug!(%peer, "request headers timed out");
-                        answer_header_timeout(parts.io.into_inner()).await;
+                        answer_header_timeout(stream).await;
                     }
                 }
             }

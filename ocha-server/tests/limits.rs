@@ -14,7 +14,6 @@ use http::StatusCode;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
-use tokio::process::Child;
 use tokio::time::Instant;
 use tokio_tungstenite::MaybeTlsStream;
 
@@ -140,17 +139,6 @@ async fn assert_served(stream: &mut TcpStream) {
     stream.write_all(HEALTH.as_bytes()).await.unwrap();
     let reply = read_reply(stream).await;
     assert_eq!((reply.status(), reply.body.as_str()), (200, "Ignition!"));
-}
-
-/// A `/proc/<pid>/status` field, in kB.
-fn proc_status_kb(child: &Child, field: &str) -> u64 {
-    let pid = child.id().expect("the server is running");
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|value| value.trim().strip_suffix(" kB")?.parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }
 
 #[tokio::test]

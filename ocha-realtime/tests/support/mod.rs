@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use http_body_util::{Empty, Full};
+use http_body_util::{Either, Empty, Full};
 use hyper::{body::Incoming, server::conn::http1, service::service_fn, Request, Response};
 use hyper_util::rt::TokioIo;
-use ocha_realtime::{Admission, Config, Frame, HandshakeError, Hub};
+use ocha_realtime::{Admission, Config, Frame, Handoff, HandoffIo, HandshakeError, Hub};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::protocol::Role;
@@ -81,6 +81,77 @@ async fn accept_loop(listener: TcpListener, hub: Hub) {
             .with_upgrades();
         tokio::spawn(connection);
     }
+}
+
+/// How [`serve_events`] serves its sockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Io {
+    /// As any hyper server does: hyper pulls each event stream's body.
+    Tokio,
+    /// Over [`HandoffIo`]: event streams take their socket from hyper.
+    Handoff,
+}
+
+/// Serves `hub`'s event streams on `/events` (`/events?channel=NAME`
+/// joins a channel), WebSocket upgrades on `/`, and `ok` on any other
+/// path, over `io`.
+pub async fn serve_events(hub: Hub, io: Io) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            // Without the send buffer cap, a stalled client hides events in
+            // megabytes of kernel buffer before it is found slow.
+            hub.tune(&stream);
+            match io {
+                Io::Tokio => serve_events_on(TokioIo::new(stream), hub.clone(), None),
+                Io::Handoff => {
+                    let stream = HandoffIo::new(stream);
+                    let handoff = stream.handoff();
+                    serve_events_on(stream, hub.clone(), Some(handoff));
+                }
+            }
+        }
+    });
+    addr
+}
+
+/// Serves one connection for [`serve_events`], offering its socket to
+/// event streams through `handoff` if given.
+fn serve_events_on<IO>(io: IO, hub: Hub, handoff: Option<Handoff>)
+where
+    IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let service = service_fn(move |mut request: Request<Incoming>| {
+        if let Some(handoff) = &handoff {
+            request.extensions_mut().insert(handoff.clone());
+        }
+        let refused = |refused: HandshakeError| refused.into_response().map(Either::Right);
+        let response = match request.uri().path() {
+            "/events" => {
+                let admission = match request.uri().query() {
+                    Some(query) => Admission::anonymous()
+                        .channel(query.strip_prefix("channel=").expect("a channel")),
+                    None => Admission::anonymous(),
+                };
+                match hub.event_stream(&request, admission) {
+                    Ok(stream) => stream.map(Either::Left),
+                    Err(refusal) => refused(refusal),
+                }
+            }
+            "/" => hub
+                .upgrade(request)
+                .map_or_else(refused, |switching| switching.map(Either::Right)),
+            _ => Response::new(Either::Right(Full::new(Bytes::from("ok")))),
+        };
+        async move { Ok::<_, Infallible>(response) }
+    });
+    tokio::spawn(
+        http1::Builder::new()
+            .serve_connection(io, service)
+            .with_upgrades(),
+    );
 }
 
 /// An axum handler that hands the request to the hub as it is.

@@ -518,6 +518,17 @@ pub async fn assert_healthy(addr: SocketAddr) {
     assert_eq!((reply.status.as_u16(), reply.text()), (200, "Ignition!"));
 }
 
+/// A `/proc/<pid>/status` field of the process, in kB.
+pub fn proc_status_kb(child: &Child, field: &str) -> u64 {
+    let pid = child.id().expect("the process is running");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|value| value.trim().strip_suffix(" kB")?.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
 /// Sends SIGTERM to the process.
 pub fn sigterm(child: &Child) {
     let pid = child.id().expect("the process is running");
