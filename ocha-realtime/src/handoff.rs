@@ -17,7 +17,9 @@
 //! finishes the response and the connection quietly, and frees it.
 //!
 //! Until then it passes everything through, so the connection serves
-//! requests, and WebSocket upgrades, as over the bare socket. A request
+//! requests, and WebSocket upgrades, as over the bare socket; except that
+//! the `101 Switching Protocols` head of an upgrade the hub answered is
+//! held back, and goes out with the connection's welcome in one write. A request
 //! pipelined behind the stream's, if hyper had read it already, is still
 //! served, its response discarded; browsers do not pipeline.
 
@@ -84,6 +86,9 @@ enum State {
     Wanted(Waker),
     /// The head is out: the socket waits for the body to take it.
     Given(TcpStream),
+    /// The hub answered a WebSocket upgrade: what hyper writes (the 101
+    /// head) is kept here for the connection to send with its first frames.
+    Upgrading(Vec<u8>),
 }
 
 impl HandoffIo {
@@ -127,6 +132,9 @@ impl Write for HandoffIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        if let Some(held) = self.handoff.hold(&[IoSlice::new(buf)]) {
+            return Poll::Ready(Ok(held));
+        }
         match &mut self.stream {
             Some(stream) => Pin::new(stream).poll_write(cx, buf),
             None => Poll::Ready(Ok(buf.len())),
@@ -138,6 +146,9 @@ impl Write for HandoffIo {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        if let Some(held) = self.handoff.hold(bufs) {
+            return Poll::Ready(Ok(held));
+        }
         match &mut self.stream {
             Some(stream) => Pin::new(stream).poll_write_vectored(cx, bufs),
             None => Poll::Ready(Ok(bufs.iter().map(|buf| buf.len()).sum())),
@@ -170,6 +181,35 @@ impl Write for HandoffIo {
 }
 
 impl Handoff {
+    /// Holds back what hyper writes from now on, the head of the 101 the
+    /// hub answers an upgrade with, until [`take_head`](Self::take_head).
+    pub(crate) fn hold_head(&self) {
+        *lock(&self.0) = State::Upgrading(Vec::new());
+    }
+
+    /// The upgrade's held head, if one was held.
+    pub(crate) fn take_head(&self) -> Option<Vec<u8>> {
+        let mut state = lock(&self.0);
+        match std::mem::replace(&mut *state, State::Serving) {
+            State::Upgrading(head) => Some(head),
+            unchanged => {
+                *state = unchanged;
+                None
+            }
+        }
+    }
+
+    /// Keeps `bufs` if writes are held, and returns their length then.
+    fn hold(&self, bufs: &[IoSlice<'_>]) -> Option<usize> {
+        match &mut *lock(&self.0) {
+            State::Upgrading(head) => {
+                bufs.iter().for_each(|buf| head.extend_from_slice(buf));
+                Some(bufs.iter().map(|buf| buf.len()).sum())
+            }
+            _ => None,
+        }
+    }
+
     /// A claim on the socket, which the body of an event stream polls
     /// for it.
     pub(crate) fn claim(&self) -> Claim {
@@ -206,7 +246,7 @@ impl Claim {
         let mut state = lock(&self.0 .0);
         match std::mem::replace(&mut *state, State::Serving) {
             State::Given(stream) => Poll::Ready(stream),
-            State::Serving | State::Wanted(_) => {
+            State::Serving | State::Wanted(_) | State::Upgrading(_) => {
                 *state = State::Wanted(cx.waker().clone());
                 Poll::Pending
             }

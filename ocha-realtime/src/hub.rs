@@ -118,13 +118,22 @@ impl Hub {
         let slot = Slot::acquire(&self.registry, admission.peer)?;
         // Listed now, before the 101 goes out: whatever is published from
         // here on waits in its outbox for the socket.
-        let (registration, first) = Registration::new(slot, admission, Transport::WebSocket);
+        let (registration, mut first) = Registration::new(slot, admission, Transport::WebSocket);
+        // Over a `HandoffIo`, the 101's head waits for the welcome: one
+        // write, and one segment to the client, for both.
+        let handoff = request.extensions().get::<Handoff>().cloned();
+        if let Some(handoff) = &handoff {
+            handoff.hold_head();
+        }
         let registry = self.registry.clone();
         tokio::spawn(async move {
             let upgraded = match on_upgrade.await {
                 Ok(upgraded) => upgraded,
                 Err(error) => return tracing::debug!(%error, "WebSocket upgrade failed"),
             };
+            if let Some(head) = handoff.as_ref().and_then(Handoff::take_head) {
+                first.push_front(Bytes::from(head));
+            }
             // The connection runs on a task of its own, sized to it alone:
             // awaited here, it would carry this future's upgrade state (a
             // few hundred bytes more per connection) for its whole life.
