@@ -30,7 +30,7 @@ impl Group {
         let (mut reached, mut overflowed) = (0, 0);
         for outbox in self.members.values() {
             match outbox.push_wire(wire, capacity, true, wake) {
-                Pushed::Queued => reached += 1,
+                Pushed::Taken => reached += 1,
                 Pushed::Overflowed => overflowed += 1,
                 Pushed::Refused => {}
             }

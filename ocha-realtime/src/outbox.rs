@@ -43,8 +43,9 @@ pub(crate) enum CloseReason {
 /// What [`Outbox::push`] did with a frame.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Pushed {
-    /// The frame waits for the connection to send it.
-    Queued,
+    /// The connection took the frame: written to its socket, or queued for
+    /// the connection to send.
+    Taken,
     /// The queue was full; the connection is now closing as a slow consumer.
     Overflowed,
     /// The connection is already closing and takes no more frames.
@@ -147,7 +148,7 @@ impl Outbox {
                 // A failed write is the connection's to find: it tries again.
                 let written = socket.try_write(frame).unwrap_or(0);
                 if written == frame.len() {
-                    return Pushed::Queued;
+                    return Pushed::Taken;
                 }
                 queue.front_written = written as u32;
             }
@@ -167,7 +168,7 @@ impl Outbox {
         if queue.frames.len() == 1 {
             wake.extend(queue.waker.clone());
         }
-        Pushed::Queued
+        Pushed::Taken
     }
 
     /// Queues what a client resuming in a channel missed, however many: the

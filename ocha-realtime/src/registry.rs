@@ -540,7 +540,7 @@ impl Registry {
         for shard in self.shards.iter() {
             for member in lock(shard).values() {
                 match member.outbox.push_wire(wire, capacity, direct, wake) {
-                    Pushed::Queued => reached += 1,
+                    Pushed::Taken => reached += 1,
                     Pushed::Overflowed => overflowed += 1,
                     Pushed::Refused => {}
                 }
@@ -632,7 +632,7 @@ impl Registry {
         let pushed = outbox.push_wire(wire, self.config.outbound_capacity, true, &mut wake);
         wake.into_iter().for_each(Waker::wake);
         match pushed {
-            Pushed::Queued => true,
+            Pushed::Taken => true,
             Pushed::Overflowed => {
                 self.count_slow(1);
                 false

@@ -18,12 +18,13 @@ use tracing_subscriber::EnvFilter;
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// jemalloc's options, which it reads at start: memory freed after a burst
-/// goes back to the system within about a second, by a thread of its own,
-/// instead of after ten seconds and only when the server allocates again.
+/// goes back to the system within about a quarter of a second, by a thread
+/// of its own, instead of after ten seconds and only when the server
+/// allocates again.
 #[cfg(all(unix, not(target_env = "musl")))]
 #[export_name = "_rjem_malloc_conf"]
 static JEMALLOC_OPTIONS: JemallocOptions =
-    JemallocOptions(c"background_thread:true,dirty_decay_ms:1000".as_ptr());
+    JemallocOptions(c"background_thread:true,dirty_decay_ms:250,muzzy_decay_ms:0".as_ptr());
 
 /// A C string pointer, as jemalloc's `malloc_conf` is.
 #[cfg(all(unix, not(target_env = "musl")))]
