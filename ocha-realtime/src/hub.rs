@@ -9,7 +9,6 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, Version};
 use http_body_util::Full;
 use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -17,10 +16,11 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use crate::connection::{Connection, Registration};
 use crate::history::Since;
 use crate::registry::{Registry, Slot, Stats, Target};
+use crate::upgrade::{Upgrading, WebSocketTask};
 use crate::wire::{Transport, Wire};
 use crate::{
     frame, handshake, Admission, Config, ConnectionId, EventId, EventStream, Frame, Handoff,
-    HandoffIo, HandshakeError, HubBuilder,
+    HandshakeError, HubBuilder,
 };
 
 /// A set of WebSocket connections: the hub greets them, sends them what you
@@ -118,54 +118,19 @@ impl Hub {
         let slot = Slot::acquire(&self.registry, admission.peer)?;
         // Listed now, before the 101 goes out: whatever is published from
         // here on waits in its outbox for the socket.
-        let (registration, mut first) = Registration::new(slot, admission, Transport::WebSocket);
+        let (registration, first) = Registration::new(slot, admission, Transport::WebSocket);
         // Over a `HandoffIo`, the 101's head waits for the welcome: one
         // write, and one segment to the client, for both.
         let handoff = request.extensions().get::<Handoff>().cloned();
         if let Some(handoff) = &handoff {
             handoff.hold_head();
         }
-        let registry = self.registry.clone();
-        tokio::spawn(async move {
-            let upgraded = match on_upgrade.await {
-                Ok(upgraded) => upgraded,
-                Err(error) => return tracing::debug!(%error, "WebSocket upgrade failed"),
-            };
-            if let Some(head) = handoff.as_ref().and_then(Handoff::take_head) {
-                first.push_front(Bytes::from(head));
-            }
-            // The connection runs on a task of its own, sized to it alone:
-            // awaited here, it would carry this future's upgrade state (a
-            // few hundred bytes more per connection) for its whole life.
-            // Over a plain TCP socket, drive it directly: no boxed I/O, and
-            // no Nagle delay holding back small event frames.
-            let (stream, read_buf) = match upgraded.downcast::<HandoffIo>() {
-                Ok(parts) => match parts.io.into_inner() {
-                    Some(stream) => (stream, parts.read_buf),
-                    // Taken by an event stream: such a connection is
-                    // never upgraded.
-                    None => return,
-                },
-                Err(upgraded) => match upgraded.downcast::<TokioIo<TcpStream>>() {
-                    Ok(parts) => (parts.io.into_inner(), parts.read_buf),
-                    Err(upgraded) => {
-                        warn_untuned(&registry);
-                        tokio::spawn(Connection::new(registration, first, TokioIo::new(upgraded)));
-                        return;
-                    }
-                },
-            };
-            if !registry.sockets_tuned.load(Ordering::Relaxed) {
-                tune(socket2::SockRef::from(&stream), &registry.config);
-            }
-            let socket = registration.attach(stream);
-            let mut connection = Connection::new(registration, first, socket);
-            // Frames the client sent right behind its handshake. The bytes
-            // are a view of hyper's whole read buffer: let go.
-            connection.receive(&read_buf);
-            drop(read_buf);
-            tokio::spawn(connection);
-        });
+        tokio::spawn(WebSocketTask::Upgrading(Upgrading {
+            on_upgrade,
+            registration,
+            first,
+            handoff,
+        }));
         let mut response = handshake::switching_protocols(accept);
         if let Some(protocol) = protocol {
             response
@@ -196,7 +161,7 @@ impl Hub {
     /// A client reconnecting with a `Last-Event-ID` header resumes after
     /// it, as with [`Admission::since`], unless `admission` says otherwise.
     ///
-    /// Served over a [`HandoffIo`], with its [`Handoff`] in the request's
+    /// Served over a [`HandoffIo`](crate::HandoffIo), with its [`Handoff`] in the request's
     /// extensions, an HTTP/1.1 stream leaves hyper once the response head
     /// is out: it runs on the socket, on a task of its own, and costs about
     /// what a WebSocket does, rather than a whole HTTP connection with its
@@ -481,7 +446,7 @@ impl Hub {
 }
 
 /// Warns, once per hub, that upgraded sockets arrive wrapped and untuned.
-fn warn_untuned(registry: &Registry) {
+pub(crate) fn warn_untuned(registry: &Registry) {
     if !registry.sockets_tuned.load(Ordering::Relaxed)
         && !registry.untuned_warned.swap(true, Ordering::Relaxed)
     {

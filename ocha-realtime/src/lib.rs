@@ -137,6 +137,7 @@ mod outbox;
 mod presence;
 mod registry;
 mod relay;
+mod upgrade;
 mod utf8;
 mod wire;
 
