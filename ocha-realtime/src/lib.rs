@@ -61,7 +61,9 @@
 //! - Publishing to a channel or user costs as much as it has connections,
 //!   however many the hub holds. A closed connection leaves its channels
 //!   and user with nothing left behind.
-//! - Publishing never waits on a client. A client that falls
+//! - Publishing never waits on a client. A fan-out writes each frame to
+//!   every idle socket itself (one system call, no task woken), and queues
+//!   it for connections still writing. A client that falls
 //!   [`Config::outbound_capacity`] messages behind is closed with code 4008
 //!   ("slow consumer") and leaves its channels; nobody else notices.
 //! - Memory is bounded: a connection holds no read or write buffers of its
@@ -98,11 +100,13 @@
 //!   ([`EventLog`]) in id order, on one node or many (over Redis with the
 //!   `redis` feature).
 //! - `handshake`: the opening handshake checks and [`HandshakeError`].
-//! - `connection`: one connection's task, a small hand-written future.
+//! - `connection`: one connection's task, a small hand-written future;
+//!   `upgrade`: the task from the 101 to the connection.
 //! - `event_stream`: [`EventStream`], a Server-Sent Events response;
 //!   `handoff`: [`HandoffIo`], which lets a stream take its socket from
 //!   hyper; `chunked`: such a stream's task, which writes the body itself.
-//! - `outbox`: each connection's queue of shared frames.
+//! - `outbox`: each connection's queue of shared frames, and its socket,
+//!   which the fan-out writes to directly while the connection is idle.
 //! - `frame`: encoding server frames and parsing client frames, built on
 //!   tungstenite's frame header; `utf8` checks text as it streams in.
 //! - `message`: [`Message`], [`Frame`] and [`ConnectionId`].

@@ -74,6 +74,13 @@ pub struct Stats {
     pub event_streams_accepted: u64,
 }
 
+/// The runtime's worker threads, or 1 outside a multi-threaded runtime.
+fn worker_threads() -> usize {
+    tokio::runtime::Handle::try_current()
+        .map_or(1, |runtime| runtime.metrics().num_workers())
+        .max(1)
+}
+
 /// The fan-out's own state, kept from one publish to the next.
 #[derive(Debug, Default)]
 struct Publishing {
@@ -534,10 +541,22 @@ impl Registry {
         let capacity = self.config.outbound_capacity;
         let mut publishing = lock(&self.publishing);
         let start = std::time::Instant::now();
-        let direct = publishing.writes_directly(start);
+        // Writing directly, this thread takes its share of the shards (one
+        // per worker thread) and leaves the others to their connections'
+        // tasks, woken first, so that every worker writes at once.
+        let direct_shards = if publishing.writes_directly(start) {
+            SHARDS.div_ceil(worker_threads())
+        } else {
+            0
+        };
         let wake = &mut publishing.wake;
         let (mut reached, mut overflowed) = (0, 0);
-        for shard in self.shards.iter() {
+        let (direct, queued) = self.shards.split_at(direct_shards);
+        for (shard, direct) in queued
+            .iter()
+            .map(|s| (s, false))
+            .chain(direct.iter().map(|s| (s, true)))
+        {
             for member in lock(shard).values() {
                 match member.outbox.push_wire(wire, capacity, direct, wake) {
                     Pushed::Taken => reached += 1,
