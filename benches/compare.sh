@@ -199,7 +199,8 @@ for s in servers:
     b2b = [load(s, "b2b", i) for i in reps] if "b2b" in modes else []
     lost = [get(r, "deliveries", "lost") for r in lat + b2b]
     rows[s] = {
-        "rss": median(lat, "server", "rss_per_idle_conn_kib"),
+        # Every run measures idle RSS first; interval runs when there are.
+        "rss": median(lat or b2b, "server", "rss_per_idle_conn_kib"),
         "rss_drained": median(b2b, "server", "rss_per_conn_drained_kib"),
         "cpu": median(lat, "server", "cpu_us_per_delivery"),
         "connect": median(lat + b2b, "server", "cpu_us_per_connect"),

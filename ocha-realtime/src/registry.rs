@@ -8,7 +8,7 @@ use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::task::Waker;
 use std::time::{Duration, SystemTime};
 
@@ -22,6 +22,8 @@ use crate::outbox::{CloseReason, Outbox, Pushed};
 use crate::wire::{self, Transport, Wire};
 use crate::{frame, Admission, Config, ConnectionId, EventId, HandshakeError, Message, Presence};
 
+/// The fewest connections a direct fan-out gives a thread of their own.
+const FAN_OUT_SHARE: usize = 1000;
 /// Connections are spread over this many independently locked shards, so a
 /// connect or disconnect waits for at most one shard's share of a fan-out.
 const SHARDS: usize = 32;
@@ -74,11 +76,14 @@ pub struct Stats {
     pub event_streams_accepted: u64,
 }
 
-/// The runtime's worker threads, or 1 outside a multi-threaded runtime.
-fn worker_threads() -> usize {
-    tokio::runtime::Handle::try_current()
-        .map_or(1, |runtime| runtime.metrics().num_workers())
-        .max(1)
+/// Threads a direct fan-out to `connections` runs on: one per core, with
+/// at least [`FAN_OUT_SHARE`] connections each, as starting a thread costs
+/// about as much as a few deliveries.
+fn fan_out_threads(connections: usize) -> usize {
+    static CORES: OnceLock<usize> = OnceLock::new();
+    let cores = *CORES
+        .get_or_init(|| std::thread::available_parallelism().map_or(1, std::num::NonZero::get));
+    cores.min(connections / FAN_OUT_SHARE).max(1)
 }
 
 /// The fan-out's own state, kept from one publish to the next.
@@ -96,8 +101,8 @@ impl Publishing {
     /// It does, unless this event was waiting while the last fan-out ran
     /// (it starts within a quarter of that fan-out's time after its end):
     /// events then come faster than fan-outs, and each connection's task
-    /// writes what piled up in one system call, on every worker thread,
-    /// instead of this thread writing every event to every socket alone.
+    /// writes what piled up in one system call instead of the fan-out
+    /// writing every event to every socket.
     fn writes_directly(&self, now: std::time::Instant) -> bool {
         self.last
             .is_none_or(|(end, took)| now.saturating_duration_since(end) >= took / 4)
@@ -538,25 +543,48 @@ impl Registry {
     /// Queues an event's frame on every open connection and returns how many
     /// took it.
     pub(crate) fn publish(&self, wire: &Wire) -> usize {
-        let capacity = self.config.outbound_capacity;
         let mut publishing = lock(&self.publishing);
         let start = std::time::Instant::now();
-        // Writing directly, this thread takes its share of the shards (one
-        // per worker thread) and leaves the others to their connections'
-        // tasks, woken first, so that every worker writes at once.
-        let direct_shards = if publishing.writes_directly(start) {
-            SHARDS.div_ceil(worker_threads())
+        let (reached, overflowed) = if publishing.writes_directly(start) {
+            // Writing to sockets is nearly all of a fan-out's cost, so a
+            // large one is shared out over the machine's cores: this thread
+            // takes the first shards, a scoped thread each further share.
+            let threads = fan_out_threads(self.slots.load(Ordering::Relaxed));
+            let mut shares = self.shards.chunks(SHARDS.div_ceil(threads));
+            let own = shares.next().unwrap_or_default();
+            std::thread::scope(|scope| {
+                let helpers: Vec<_> = shares
+                    .map(|shards| scope.spawn(|| self.push_to(shards, wire, true, &mut Vec::new())))
+                    .collect();
+                let mut sum = self.push_to(own, wire, true, &mut publishing.wake);
+                for helper in helpers {
+                    let (reached, overflowed) = helper
+                        .join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                    sum = (sum.0 + reached, sum.1 + overflowed);
+                }
+                sum
+            })
         } else {
-            0
+            self.push_to(&self.shards, wire, false, &mut publishing.wake)
         };
-        let wake = &mut publishing.wake;
+        let end = std::time::Instant::now();
+        publishing.last = Some((end, end - start));
+        self.count_published(reached, overflowed)
+    }
+
+    /// Hands `wire` to every connection in `shards`, directly or not (see
+    /// [`Outbox::push`]); returns how many took it and how many overflowed.
+    fn push_to(
+        &self,
+        shards: &[Shard],
+        wire: &Wire,
+        direct: bool,
+        wake: &mut Vec<Waker>,
+    ) -> (usize, u64) {
+        let capacity = self.config.outbound_capacity;
         let (mut reached, mut overflowed) = (0, 0);
-        let (direct, queued) = self.shards.split_at(direct_shards);
-        for (shard, direct) in queued
-            .iter()
-            .map(|s| (s, false))
-            .chain(direct.iter().map(|s| (s, true)))
-        {
+        for shard in shards {
             for member in lock(shard).values() {
                 match member.outbox.push_wire(wire, capacity, direct, wake) {
                     Pushed::Taken => reached += 1,
@@ -568,9 +596,7 @@ impl Registry {
             // this shard need not wait for the wake-ups.
             wake.drain(..).for_each(Waker::wake);
         }
-        let end = std::time::Instant::now();
-        publishing.last = Some((end, end - start));
-        self.count_published(reached, overflowed)
+        (reached, overflowed)
     }
 
     /// Publishes to all an event with an id after the last one, keeping it
