@@ -348,3 +348,40 @@ async fn a_frame_the_socket_took_in_part_is_finished_before_the_next() {
     assert!(pongs > 0, "no pong came back");
     assert_eq!(hub.stats().slow_consumer_closes, 0);
 }
+
+/// A fan-out to more connections than one thread takes is shared out over
+/// threads; every client still gets every event once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fan_out_shared_over_threads_reaches_everyone_in_order() {
+    const CLIENTS: usize = 2_500;
+    const EVENTS: usize = 5;
+    let (hub, addr) = serve(Config::default()).await;
+    let mut clients = Vec::with_capacity(CLIENTS);
+    for _ in 0..CLIENTS {
+        let mut client = support::connect_mute(addr).await;
+        support::read_until(&mut client, OCHA_WELCOME.as_bytes()).await;
+        clients.push(client);
+    }
+    for i in 0..EVENTS {
+        assert_eq!(hub.publish(&product(&format!("Tea {i}"), 10)), CLIENTS);
+        // Apart, so that each fan-out writes directly.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let expected: Vec<u8> = (0..EVENTS)
+        .flat_map(|i| {
+            let json = support::product_json(&format!("Tea {i}"), 10);
+            let mut frame = vec![0x81, json.len() as u8];
+            frame.extend_from_slice(json.as_bytes());
+            frame
+        })
+        .collect();
+    for mut client in clients {
+        let mut received = vec![0; expected.len()];
+        let read = tokio::io::AsyncReadExt::read_exact(&mut client, &mut received);
+        tokio::time::timeout(Duration::from_secs(5), read)
+            .await
+            .expect("every event in time")
+            .unwrap();
+        assert_eq!(received, expected);
+    }
+}
