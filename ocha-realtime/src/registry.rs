@@ -99,13 +99,13 @@ impl Publishing {
     /// Whether a fan-out starting `now` writes to idle connections itself.
     ///
     /// It does, unless this event was waiting while the last fan-out ran
-    /// (it starts within a quarter of that fan-out's time after its end):
+    /// (it starts within a sixteenth of that fan-out's time after its end):
     /// events then come faster than fan-outs, and each connection's task
     /// writes what piled up in one system call instead of the fan-out
     /// writing every event to every socket.
     fn writes_directly(&self, now: std::time::Instant) -> bool {
         self.last
-            .is_none_or(|(end, took)| now.saturating_duration_since(end) >= took / 4)
+            .is_none_or(|(end, took)| now.saturating_duration_since(end) >= took / 16)
     }
 }
 
