@@ -154,16 +154,17 @@ impl<L: EventLog> Relay<L> {
         }
     }
 
-    /// Sends the event `id`, just committed to the log, to this node's
-    /// clients (after any earlier event still on its way) and to the other
-    /// nodes over Redis, if set. Never waits: Redis is written to by a task
-    /// of its own.
+    /// Sends the event `id`, just committed to the log, to the other nodes
+    /// over Redis, if set, and to this node's clients (after any earlier
+    /// event still on its way). Never waits on Redis, which is written to
+    /// by a task of its own. Redis goes first: this node's fan-out may take
+    /// a while, and the other nodes' run meanwhile.
     pub fn publish(&self, id: EventId, event: &str) {
-        self.shared.offer(id, event.to_owned(), Source::Commit);
         #[cfg(feature = "redis")]
         if let Some(redis) = &self.shared.redis {
             redis.share(id, event);
         }
+        self.shared.offer(id, event.to_owned(), Source::Commit);
     }
 
     /// The relay's counters now.
