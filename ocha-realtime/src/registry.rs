@@ -86,6 +86,13 @@ fn fan_out_threads(connections: usize) -> usize {
     cores.min(connections / FAN_OUT_SHARE).max(1)
 }
 
+/// Whether this thread runs in a multi-threaded tokio runtime, where
+/// `block_in_place` works.
+fn on_multi_thread_runtime() -> bool {
+    tokio::runtime::Handle::try_current()
+        .is_ok_and(|runtime| runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+}
+
 /// The fan-out's own state, kept from one publish to the next.
 #[derive(Debug, Default)]
 struct Publishing {
@@ -549,22 +556,35 @@ impl Registry {
             // Writing to sockets is nearly all of a fan-out's cost, so a
             // large one is shared out over the machine's cores: this thread
             // takes the first shards, a scoped thread each further share.
-            let threads = fan_out_threads(self.slots.load(Ordering::Relaxed));
+            let connections = self.slots.load(Ordering::Relaxed);
+            let threads = fan_out_threads(connections);
             let mut shares = self.shards.chunks(SHARDS.div_ceil(threads));
             let own = shares.next().unwrap_or_default();
-            std::thread::scope(|scope| {
-                let helpers: Vec<_> = shares
-                    .map(|shards| scope.spawn(|| self.push_to(shards, wire, true, &mut Vec::new())))
-                    .collect();
-                let mut sum = self.push_to(own, wire, true, &mut publishing.wake);
-                for helper in helpers {
-                    let (reached, overflowed) = helper
-                        .join()
-                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-                    sum = (sum.0 + reached, sum.1 + overflowed);
-                }
-                sum
-            })
+            let fan_out = || {
+                std::thread::scope(|scope| {
+                    let helpers: Vec<_> = shares
+                        .map(|shards| {
+                            scope.spawn(|| self.push_to(shards, wire, true, &mut Vec::new()))
+                        })
+                        .collect();
+                    let mut sum = self.push_to(own, wire, true, &mut publishing.wake);
+                    for helper in helpers {
+                        let (reached, overflowed) = helper
+                            .join()
+                            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                        sum = (sum.0 + reached, sum.1 + overflowed);
+                    }
+                    sum
+                })
+            };
+            // A large fan-out holds this thread for a while: on a tokio
+            // worker, its other tasks (the one just woken to send this event
+            // to other nodes, say) move to another worker meanwhile.
+            if connections >= FAN_OUT_SHARE && on_multi_thread_runtime() {
+                tokio::task::block_in_place(fan_out)
+            } else {
+                fan_out()
+            }
         } else {
             self.push_to(&self.shards, wire, false, &mut publishing.wake)
         };
