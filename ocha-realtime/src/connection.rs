@@ -221,6 +221,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
                         self.pongs.remove(0);
                     }
                     self.pongs.push(frame::pong(&payload));
+                    // The pong goes out before anything sent from now on
+                    // (a reply to the message the ping interrupted, say).
+                    self.registration.outbox.owe();
                 }
                 Ok(Some(Received::Ping(_) | Received::Message(_))) => {}
                 Ok(Some(Received::Close(code))) => match &mut self.closing {

@@ -204,6 +204,12 @@ impl Outbox {
         true
     }
 
+    /// Records that the connection owes a frame of its own (a pong): the
+    /// hub queues what it sends from now on, to go out after it.
+    pub(crate) fn owe(&self) {
+        self.lock().idle = false;
+    }
+
     /// Refuses every frame from now on: the connection is closing. The
     /// frames waiting are moved to the end of `sending` if `flush` is set;
     /// otherwise only a frame a direct write began is, and the rest dropped.
